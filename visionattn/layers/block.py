@@ -1,0 +1,72 @@
+"""The residual transformer block shared by every family.
+
+``x = x + drop_path(ls1(attn(norm1(x))))`` then ``x = x + drop_path(ls2(mlp(norm2(x))))``
+(pre-norm, Xiong et al. 2020), optionally preceded by a positional module ``x = pos(x)`` (BiFormer's
+3x3 depthwise conv, DaViT's ConvPosEnc) that carries its own residual.
+
+Tokens are NHWC ``(B, H, W, C)`` for the hierarchical families, ``(B, N, C)`` for sequence models;
+the block itself is layout-agnostic: norms and the MLP act on the last dimension and the mixer
+keeps the shape. Layer scale follows CaiT (Touvron et al. 2021) through timm's ``LayerScale``
+(key ``ls{1,2}.gamma``; the NAT checkpoints call it ``gamma{1,2}``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Type
+
+import torch
+from torch import nn
+from timm.layers import DropPath, LayerScale, Mlp
+
+__all__ = ["TransformerBlock"]
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm residual block around a token mixer.
+
+    Args:
+        dim: channels ``C``.
+        attn: the token mixer, a module mapping the token tensor to the same shape.
+        mlp_ratio: MLP hidden width ``int(C * mlp_ratio)``; 0 disables the MLP branch.
+        drop_path: stochastic-depth rate of both branches (Huang et al. 2016).
+        layer_scale: initial value of the per-channel layer scale, or None for none.
+        norm_layer: norm constructor taking ``dim`` (default ``nn.LayerNorm``, eps 1e-5).
+        act_layer: MLP activation (default exact-erf GELU).
+        mlp_drop: dropout inside the MLP.
+        pos: optional module applied first, ``x = pos(x)`` (it includes its own residual).
+
+    Shapes: ``(..., C) -> (..., C)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        attn: nn.Module,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        layer_scale: Optional[float] = None,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        act_layer: Type[nn.Module] = nn.GELU,
+        mlp_drop: float = 0.0,
+        pos: Optional[nn.Module] = None,
+    ):
+        super().__init__()
+        self.pos = pos
+        self.norm1 = norm_layer(dim)
+        self.attn = attn
+        self.ls1 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if mlp_ratio > 0:
+            self.norm2 = norm_layer(dim)
+            self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=mlp_drop)
+            self.ls2 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
+            self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        else:
+            self.norm2 = self.mlp = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pos is not None:
+            x = self.pos(x)
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        if self.mlp is not None:
+            x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x

@@ -1,0 +1,89 @@
+"""Neighborhood attention mixer (NA; DiNA is NA with a dilation).
+
+Hassani et al., "Neighborhood Attention Transformer" (CVPR 2023), Sec. 3.1, and Hassani & Shi,
+"Dilated Neighborhood Attention Transformer" (arXiv:2209.15001), Sec. 3. The module follows
+NATTEN <= 0.15 ``NeighborhoodAttention2D`` (github SHI-Labs/NATTEN ``src/natten/natten2d.py`` at
+v0.14.6), which the released checkpoints were trained with: fused ``qkv`` with rows ``[q | k | v]``,
+scale ``head_dim ** -0.5``, relative position bias ``rpb`` of shape ``(heads, 2K-1, 2K-1)``, and
+zero padding (bottom/right) of maps smaller than ``K * d`` *before* the qkv projection, cropped
+before ``proj`` — so padded tokens carry the qkv bias and are attended to, exactly as upstream.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.layers import trunc_normal_
+
+from ..ops.neighborhood import na2d
+
+__all__ = ["NeighborhoodAttention2d"]
+
+
+class NeighborhoodAttention2d(nn.Module):
+    """2-D (dilated) neighborhood self-attention on NHWC tokens.
+
+    Args:
+        dim: channels ``C`` (divisible by ``num_heads``).
+        num_heads: attention heads.
+        kernel_size: odd neighborhood size ``K``.
+        dilation: dilation ``d`` (any value; maps smaller than ``K * d`` are padded).
+        qkv_bias: bias in the qkv projection.
+        rel_pos_bias: learn a relative position bias table ``rpb``.
+        proj_drop: dropout after ``proj``.
+        backend: :func:`visionattn.ops.na2d` backend.
+
+    Shapes: ``(B, H, W, C) -> (B, H, W, C)``.
+
+    Raises:
+        ValueError: ``dim`` not divisible by ``num_heads`` or an even ``kernel_size``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        kernel_size: int = 7,
+        dilation: int = 1,
+        qkv_bias: bool = True,
+        rel_pos_bias: bool = True,
+        proj_drop: float = 0.0,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"NeighborhoodAttention2d: dim {dim} is not divisible by num_heads {num_heads}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"NeighborhoodAttention2d: kernel_size must be odd, got {kernel_size}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.kernel_size = kernel_size
+        self.dilation = dilation
+        self.backend = backend
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        if rel_pos_bias:
+            self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
+            trunc_normal_(self.rpb, std=0.02, mean=0.0, a=-2.0, b=2.0)
+        else:
+            self.register_parameter("rpb", None)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, kernel_size={self.kernel_size}, dilation={self.dilation}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        span = self.kernel_size * self.dilation
+        pad_h, pad_w = max(span - H, 0), max(span - W, 0)
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        Hp, Wp = H + pad_h, W + pad_w
+        qkv = self.qkv(x).reshape(B, Hp, Wp, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.unbind(3)
+        x = na2d(q, k, v, self.kernel_size, self.dilation, self.rpb, self.scale, backend=self.backend)
+        x = x.reshape(B, Hp, Wp, C)
+        if pad_h or pad_w:
+            x = x[:, :H, :W, :]
+        return self.proj_drop(self.proj(x))

@@ -1,0 +1,227 @@
+"""The shared hierarchical backbone: stem -> stages -> final norm -> head.
+
+Every family composes this scaffolding; it implements timm's model contract (timm 1.0.x,
+``models/swin_transformer.py`` and ``models/davit.py`` are the examples followed):
+``forward_features``, ``forward_head(pre_logits=...)``, ``forward_intermediates``,
+``prune_intermediate_layers``, ``features_only=True`` through ``build_model_with_cfg``
+(``feature_cls='getter'``), ``set_grad_checkpointing``, ``group_matcher`` (layer-wise LR decay),
+``no_weight_decay``, ``get_classifier`` / ``reset_classifier``, ``num_features``,
+``head_hidden_size``, ``feature_info``.
+
+Layouts: images enter NCHW; tokens travel NHWC ``(B, H, W, C)`` between stem, stages and norm;
+``forward_features`` and every intermediate are handed out NCHW (``output_fmt = 'NCHW'``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+
+import torch
+from torch import nn
+from timm.layers import ClassifierHead
+from timm.models import checkpoint_seq
+from timm.models._features import feature_take_indices
+
+__all__ = ["Stage", "HierarchicalBackbone", "drop_path_rates"]
+
+
+def drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> List[List[float]]:
+    """Stochastic-depth rates ``linspace(0, rate, sum(depths))`` split per stage (as every family)."""
+    total = sum(depths)
+    rates = torch.linspace(0, drop_path_rate, total, device="cpu").tolist() if total > 1 else [0.0] * total
+    out, i = [], 0
+    for d in depths:
+        out.append(rates[i : i + d])
+        i += d
+    return out
+
+
+class Stage(nn.Module):
+    """One resolution stage on NHWC tokens: optional ``downsample`` then a sequence of ``blocks``.
+
+    Args:
+        blocks: the stage's blocks, each ``(B, H, W, C) -> (B, H, W, C)``.
+        downsample: module applied first (``(B, H, W, C_in) -> (B, H', W', C)``) or None.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module], downsample: Optional[nn.Module] = None):
+        super().__init__()
+        self.downsample = downsample if downsample is not None else nn.Identity()
+        self.blocks = nn.Sequential(*blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return x
+
+
+class HierarchicalBackbone(nn.Module):
+    """Stem, stages and head with timm's full model contract.
+
+    Args:
+        stem: ``(B, in_chans, H, W) -> (B, H/r0, W/r0, C0)`` NHWC tokens.
+        stages: the stages, in order.
+        stage_dims: output channels of each stage.
+        stage_reductions: cumulative stride of each stage's output w.r.t. the image.
+        num_classes: classifier outputs (0: no classifier, ``forward`` returns pooled features).
+        global_pool: ``'avg'`` (default), ``'max'``, ``'avgmax'`` or ``''`` (no pooling).
+        drop_rate: dropout before the classifier.
+        norm_layer: final norm over the last stage's channels (None: no final norm).
+        min_input_size: smallest image side accepted (pixels); smaller inputs raise ValueError.
+        no_weight_decay_keywords: parameter-name components excluded from weight decay.
+        head: optional head module with timm's head API (``forward(x, pre_logits)`` on NCHW,
+            ``reset(num_classes, pool_type)``); default ``ClassifierHead`` (keys ``head.fc``).
+
+    Raises:
+        ValueError: inputs that are not ``(B, C, H, W)`` or smaller than ``min_input_size``.
+    """
+
+    output_fmt = "NCHW"
+
+    def __init__(
+        self,
+        stem: nn.Module,
+        stages: Sequence[nn.Module],
+        stage_dims: Sequence[int],
+        stage_reductions: Sequence[int],
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        norm_layer: Optional[Callable[[int], nn.Module]] = nn.LayerNorm,
+        min_input_size: int = 32,
+        no_weight_decay_keywords: Sequence[str] = ("rpb",),
+        head: Optional[nn.Module] = None,
+    ):
+        super().__init__()
+        if len(stages) != len(stage_dims) or len(stages) != len(stage_reductions):
+            raise ValueError("HierarchicalBackbone: stages, stage_dims and stage_reductions must have one length")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.drop_rate = drop_rate
+        self.min_input_size = min_input_size
+        self._no_wd_keywords = tuple(no_weight_decay_keywords)
+        self.stem = stem
+        self.stages = nn.Sequential(*stages)
+        self.num_features = self.head_hidden_size = int(stage_dims[-1])
+        self.norm = norm_layer(self.num_features) if norm_layer is not None else nn.Identity()
+        self.feature_info = [
+            dict(num_chs=int(c), reduction=int(r), module=f"stages.{i}") for i, (c, r) in enumerate(zip(stage_dims, stage_reductions))
+        ]
+        self.head = head if head is not None else ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+
+    # ---------------------------------------------------------------- timm API: misc
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        """Parameter groups for layer-wise LR decay (``timm.optim.param_groups_layer_decay``)."""
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)"
+            if coarse
+            else [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage's blocks in the backward pass (``checkpoint_seq``)."""
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """Names of parameters excluded from weight decay (relative position tables etc.)."""
+        return {n for n, _ in self.named_parameters() if n.split(".")[-1] in self._no_wd_keywords}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the classifier (``num_classes=0``: Identity); ``global_pool=''`` disables pooling."""
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    # ---------------------------------------------------------------- forward
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"{type(self).__name__} expects images of shape (B, C, H, W); got {tuple(x.shape)}")
+        if x.shape[-2] < self.min_input_size or x.shape[-1] < self.min_input_size:
+            raise ValueError(
+                f"{type(self).__name__}: input {tuple(x.shape[-2:])} is smaller than the minimum "
+                f"{self.min_input_size}x{self.min_input_size} pixels this model accepts"
+            )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W) -> (B, num_features, H/32, W/32)`` (NCHW, after the final norm)."""
+        self._check_input(x)
+        x = self.stem(x)
+        x = self.stages(x)
+        x = self.norm(x)
+        return x.permute(0, 3, 1, 2)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool (+ classify) NCHW features: ``(B, C, h, w) -> (B, num_classes)`` or ``(B, C)``."""
+        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Outputs of selected stages (timm's feature-tap API).
+
+        Args:
+            x: ``(B, in_chans, H, W)`` images.
+            indices: stage indices to return (None: all; int n: the last n; negatives allowed).
+            norm: apply the final norm to the last stage's tap.
+            stop_early: stop after the last requested stage.
+            output_fmt: ``'NCHW'`` (the only layout offered; raises ValueError otherwise).
+            intermediates_only: return only the list.
+
+        Returns:
+            list of NCHW tensors ``(B, C_i, H/r_i, W/r_i)``, or ``(final_features, list)`` where
+            ``final_features`` equals :meth:`forward_features`.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"forward_intermediates: output_fmt must be 'NCHW', got {output_fmt!r}")
+        self._check_input(x)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        intermediates = []
+        last = len(self.stages) - 1
+        x = self.stem(x)
+        stages = self.stages if (torch.jit.is_scripting() or not stop_early) else self.stages[: max_index + 1]
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                x_out = self.norm(x) if (norm and i == last) else x
+                intermediates.append(x_out.permute(0, 3, 1, 2))
+        if intermediates_only:
+            return intermediates
+        x = self.norm(x)
+        return x.permute(0, 3, 1, 2), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> List[int]:
+        """Drop the stages after the last requested tap (and the norm/head); returns the taps."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        pruned = max_index < len(self.stages) - 1
+        self.stages = self.stages[: max_index + 1]
+        if pruned:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_norm or pruned:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices

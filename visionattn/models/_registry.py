@@ -1,0 +1,136 @@
+"""Thin glue to timm: registration without clobbering, building, and strict checkpoint remapping."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import torch
+from timm.models import build_model_with_cfg, is_model
+from timm.models import register_model as _timm_register_model
+
+__all__ = [
+    "register_model",
+    "list_models",
+    "build_model",
+    "unwrap_state_dict",
+    "check_state_dict",
+    "CheckpointKeyError",
+]
+
+_OUR_MODELS: List[str] = []
+
+
+def register_model(fn: Callable) -> Callable:
+    """Register ``fn`` with timm under ``fn.__name__``, refusing names timm already has.
+
+    timm silently replaces an existing model (and drops all its pretrained tags) when a name is
+    registered twice; this wrapper raises instead.
+
+    Raises:
+        RuntimeError: when the name is already registered (by timm or by visionattn).
+    """
+    name = fn.__name__
+    if is_model(name):
+        raise RuntimeError(
+            f"visionattn: refusing to register {name!r}: timm already has a model of that name "
+            "(registering it again would overwrite timm's model and its pretrained tags)"
+        )
+    _OUR_MODELS.append(name)
+    return _timm_register_model(fn)
+
+
+def list_models(pattern: str = "") -> List[str]:
+    """Names of the models visionattn registers with timm (sorted); ``pattern`` is an fnmatch filter."""
+    import fnmatch
+
+    names = sorted(_OUR_MODELS)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def build_model(model_cls, variant: str, pretrained: bool, filter_fn: Callable, out_indices: Tuple[int, ...], **kwargs):
+    """``timm.models.build_model_with_cfg`` with our defaults (strict filter, ``'getter'`` features)."""
+    return build_model_with_cfg(
+        model_cls,
+        variant,
+        pretrained,
+        pretrained_filter_fn=filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices, feature_cls="getter"),
+        **kwargs,
+    )
+
+
+class CheckpointKeyError(KeyError):
+    """A checkpoint does not match the model: unknown, missing or mis-shaped keys (all listed)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0]) if self.args else ""
+
+
+_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
+
+
+def unwrap_state_dict(checkpoint: Mapping, prefer: Optional[str] = None) -> Tuple[Dict[str, torch.Tensor], Optional[str]]:
+    """Return ``(state_dict, wrapper_key)`` from a checkpoint that may wrap its weights.
+
+    Wrappers tried in order: ``prefer`` (if given), ``model``, ``state_dict``, ``module``
+    (``state_dict_ema`` / ``model_ema`` only when asked for via ``prefer``). A leading ``module.``
+    prefix (DataParallel/DDP) is removed.
+
+    Raises:
+        KeyError: ``prefer`` is given but absent from the checkpoint.
+        TypeError: the checkpoint holds no tensors at the top level or under a known wrapper.
+    """
+    if prefer is not None:
+        if prefer not in checkpoint:
+            raise KeyError(f"checkpoint has no {prefer!r} entry; top-level keys: {sorted(checkpoint)[:20]}")
+        sd, key = checkpoint[prefer], prefer
+    else:
+        sd, key = checkpoint, None
+        for k in ("model", "state_dict", "module"):
+            if k in checkpoint and isinstance(checkpoint[k], Mapping):
+                sd, key = checkpoint[k], k
+                break
+    if not any(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise TypeError(f"checkpoint holds no tensors at {key or 'top level'}; top-level keys: {sorted(checkpoint)[:20]}")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return dict(sd), key
+
+
+def check_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    model: torch.nn.Module,
+    unknown: Iterable[str] = (),
+    classifier: Iterable[str] = ("head.fc.weight", "head.fc.bias"),
+    source: str = "checkpoint",
+) -> None:
+    """Verify that a converted state dict accounts for every key of ``model``.
+
+    Classifier keys may be absent or differ in shape (timm drops the classifier when
+    ``num_classes`` differs); every other key must be present with the model's shape.
+
+    Raises:
+        CheckpointKeyError: listing unconvertible source keys (``unknown``), keys the model does
+            not have, model keys the checkpoint lacks, and shape mismatches.
+    """
+    model_sd = model.state_dict()
+    classifier = set(classifier)
+    unknown = sorted(unknown)
+    extra = sorted(k for k in state_dict if k not in model_sd)
+    missing = sorted(k for k in model_sd if k not in state_dict and k not in classifier)
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(model_sd[k].shape)}"
+        for k in state_dict
+        if k in model_sd and k not in classifier and tuple(state_dict[k].shape) != tuple(model_sd[k].shape)
+    )
+    if unknown or extra or missing or shapes:
+        parts = [f"{source} does not match {type(model).__name__}:"]
+        for title, items in (
+            ("unknown keys (no mapping)", unknown),
+            ("keys the model does not have", extra),
+            ("model keys missing from the checkpoint", missing),
+            ("shape mismatches", shapes),
+        ):
+            if items:
+                shown = ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
+                parts.append(f"  {title}: {shown}")
+        raise CheckpointKeyError("\n".join(parts))
