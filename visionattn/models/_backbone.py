@@ -74,6 +74,8 @@ class HierarchicalBackbone(nn.Module):
         no_weight_decay_keywords: parameter-name components excluded from weight decay.
         head: optional head module with timm's head API (``forward(x, pre_logits)`` on NCHW,
             ``reset(num_classes, pool_type)``); default ``ClassifierHead`` (keys ``head.fc``).
+        stem_feature: ``(channels, reduction)`` of the stem output to expose it as feature
+            index 0 (as timm's MaxViT does); None: taps are the stages only.
 
     Raises:
         ValueError: inputs that are not ``(B, C, H, W)`` or smaller than ``min_input_size``.
@@ -94,6 +96,7 @@ class HierarchicalBackbone(nn.Module):
         min_input_size: int = 32,
         no_weight_decay_keywords: Sequence[str] = ("rpb",),
         head: Optional[nn.Module] = None,
+        stem_feature: Optional[Tuple[int, int]] = None,
     ):
         super().__init__()
         if len(stages) != len(stage_dims) or len(stages) != len(stage_reductions):
@@ -110,6 +113,9 @@ class HierarchicalBackbone(nn.Module):
         self.feature_info = [
             dict(num_chs=int(c), reduction=int(r), module=f"stages.{i}") for i, (c, r) in enumerate(zip(stage_dims, stage_reductions))
         ]
+        self._stem_tap = 1 if stem_feature is not None else 0
+        if stem_feature is not None:
+            self.feature_info.insert(0, dict(num_chs=int(stem_feature[0]), reduction=int(stem_feature[1]), module="stem"))
         self.head = head if head is not None else ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
 
     # ---------------------------------------------------------------- timm API: misc
@@ -183,7 +189,7 @@ class HierarchicalBackbone(nn.Module):
 
         Args:
             x: ``(B, in_chans, H, W)`` images.
-            indices: stage indices to return (None: all; int n: the last n; negatives allowed).
+            indices: tap indices (``feature_info`` order: the stem first when it is a tap) to return (None: all; int n: the last n; negatives allowed).
             norm: apply the final norm to the last stage's tap.
             stop_early: stop after the last requested stage.
             output_fmt: ``'NCHW'`` (the only layout offered; raises ValueError otherwise).
@@ -196,15 +202,18 @@ class HierarchicalBackbone(nn.Module):
         if output_fmt != "NCHW":
             raise ValueError(f"forward_intermediates: output_fmt must be 'NCHW', got {output_fmt!r}")
         self._check_input(x)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        off = self._stem_tap
+        take_indices, max_index = feature_take_indices(len(self.stages) + off, indices)
         intermediates = []
-        last = len(self.stages) - 1
+        last = len(self.stages) - 1 + off
         x = self.stem(x)
-        stages = self.stages if (torch.jit.is_scripting() or not stop_early) else self.stages[: max_index + 1]
+        if off and 0 in take_indices:
+            intermediates.append(x.permute(0, 3, 1, 2))
+        stages = self.stages if (torch.jit.is_scripting() or not stop_early) else self.stages[: max_index + 1 - off]
         for i, stage in enumerate(stages):
             x = stage(x)
-            if i in take_indices:
-                x_out = self.norm(x) if (norm and i == last) else x
+            if i + off in take_indices:
+                x_out = self.norm(x) if (norm and i + off == last) else x
                 intermediates.append(x_out.permute(0, 3, 1, 2))
         if intermediates_only:
             return intermediates
@@ -215,9 +224,10 @@ class HierarchicalBackbone(nn.Module):
         self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> List[int]:
         """Drop the stages after the last requested tap (and the norm/head); returns the taps."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        pruned = max_index < len(self.stages) - 1
-        self.stages = self.stages[: max_index + 1]
+        off = self._stem_tap
+        take_indices, max_index = feature_take_indices(len(self.stages) + off, indices)
+        pruned = max_index < len(self.stages) - 1 + off
+        self.stages = self.stages[: max_index + 1 - off]
         if pruned:
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
         if prune_norm or pruned:
