@@ -33,6 +33,8 @@ class TransformerBlock(nn.Module):
         act_layer: MLP activation (default exact-erf GELU).
         mlp_drop: dropout inside the MLP.
         pos: optional module applied first, ``x = pos(x)`` (it includes its own residual).
+        pos2: optional module applied between the two branches, before the MLP branch (DaViT's
+            second ConvPosEnc, ``cpe2``); like ``pos`` it includes its own residual.
 
     Shapes: ``(..., C) -> (..., C)``.
     """
@@ -48,6 +50,7 @@ class TransformerBlock(nn.Module):
         act_layer: Type[nn.Module] = nn.GELU,
         mlp_drop: float = 0.0,
         pos: Optional[nn.Module] = None,
+        pos2: Optional[nn.Module] = None,
     ):
         super().__init__()
         self.pos = pos
@@ -62,11 +65,14 @@ class TransformerBlock(nn.Module):
             self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         else:
             self.norm2 = self.mlp = None
+        self.pos2 = pos2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pos is not None:
             x = self.pos(x)
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        if self.pos2 is not None:
+            x = self.pos2(x)
         if self.mlp is not None:
             x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x

@@ -14,13 +14,15 @@ All modules take NCHW images (stems) or NHWC tokens (downsamplers) and return NH
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from timm.layers import DropPath, SEModule, create_conv2d, create_pool2d, get_norm_act_layer, make_divisible
 
-__all__ = ["ConvTokenizer", "ConvDownsampler", "PatchEmbed", "PatchMerging"]
+__all__ = ["ConvTokenizer", "ConvDownsampler", "PatchEmbed", "PatchMerging", "ConvPosEnc", "MBConv", "ConvBNStem", "ConvLNStem", "LNConvDownsample"]
 
 
 class ConvTokenizer(nn.Module):
@@ -44,12 +46,13 @@ class ConvTokenizer(nn.Module):
 class ConvDownsampler(nn.Module):
     """NAT downsampler: ``(B, H, W, dim) -> (B, ceil(H/2), ceil(W/2), dim_out)``.
 
-    Keys: ``reduction`` (3x3 stride-2 conv, no bias), ``norm``.
+    Keys: ``reduction`` (3x3 stride-2 conv, no bias unless ``bias=True``), ``norm``.
+    ``bias=True`` gives CSWin's ``Merge_Block`` (github microsoft/CSWin-Transformer ``models/cswin.py``).
     """
 
-    def __init__(self, dim: int, dim_out: int, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm):
+    def __init__(self, dim: int, dim_out: int, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm, bias: bool = False):
         super().__init__()
-        self.reduction = nn.Conv2d(dim, dim_out, kernel_size=3, stride=2, padding=1, bias=False)
+        self.reduction = nn.Conv2d(dim, dim_out, kernel_size=3, stride=2, padding=1, bias=bias)
         self.norm = norm_layer(dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,3 +97,163 @@ class PatchMerging(nn.Module):
         # (B, H/2, 2 [row offset], W/2, 2 [col offset], C) -> channel order (col, row): x0, x1, x2, x3
         x = x.reshape(B, x.shape[1] // 2, 2, x.shape[2] // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
         return self.reduction(self.norm(x))
+
+
+# ------------------------------------------------------------------------------------------------
+# MaxViT (Tu et al., ECCV 2022, Sec. 3.3 and Fig. 2; TF port: github google-research/maxvit
+# ``maxvit/models/maxvit.py`` ``MBConvBlock`` / stem, ``common_ops.py``) and DaViT (Ding et al.,
+# ECCV 2022, Sec. 3.3; github dingmyu/davit ``timm/models/davit.py`` ``PatchEmbed`` / ``ConvPosEnc``).
+# Key names follow timm 1.0.x ``models/maxxvit.py`` / ``models/davit.py`` so converted weights line up.
+
+
+class ConvPosEnc(nn.Module):
+    """Convolutional position encoding (DaViT, CPVT-style): ``x + act(dwconv_k(x))``.
+
+    ``proj`` is a ``k x k`` depthwise conv with bias, zero padding ``k // 2`` (keys ``proj``);
+    ``act`` is GELU when ``act=True`` (off in DaViT). Source: dingmyu/davit ``ConvPosEnc``.
+
+    Shapes: NHWC ``(B, H, W, C) -> (B, H, W, C)`` (permuted locally to NCHW for the conv).
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 3, act: bool = False):
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.act = nn.GELU() if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.proj(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+
+
+class MBConv(nn.Module):
+    """MaxViT's pre-norm inverted-bottleneck conv block with squeeze-excitation.
+
+    ``x = shortcut(x) + drop_path(conv3_1x1(se(act(norm2(conv2_kxk(act(norm1(conv1_1x1(pre_norm(x))))))))))``
+    with BatchNorm (``norm_eps``; TF 1e-3) and no activation in ``pre_norm``, expansion to
+    ``expand_ratio * out_chs`` channels, a depthwise ``k x k`` conv carrying the stride with TF
+    "same" padding (timm ``create_conv2d(padding='same')``: dynamic ``Conv2dSame`` at stride 2,
+    static symmetric padding at stride 1), SE with ``int(se_ratio * out_chs)`` reduced channels
+    and SiLU (timm ``SEModule``), and a 1x1 projection with bias. At stride 2 the shortcut is a
+    2x2 "same" average pool (timm ``AvgPool2dSame``) then, when channels change, a 1x1 conv with
+    bias (``shortcut.expand``). Source: google-research/maxvit ``MBConvBlock``; timm
+    ``MbConvBlock`` with ``_tf_cfg()``.
+
+    Args:
+        in_chs, out_chs: channels; stride: 1 or 2; kernel_size: depthwise kernel.
+        expand_ratio: expansion w.r.t. ``out_chs``; se_ratio: SE width w.r.t. ``out_chs`` (0: no SE).
+        act_layer: activation name for timm ``get_act_layer`` (TF MaxViT: ``'gelu_tanh'``).
+        norm_eps: BatchNorm eps; drop_path: stochastic depth of the residual branch.
+
+    Shapes: NHWC ``(B, H, W, in_chs) -> (B, ceil(H/stride), ceil(W/stride), out_chs)``.
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        stride: int = 1,
+        kernel_size: int = 3,
+        expand_ratio: float = 4.0,
+        se_ratio: float = 0.25,
+        act_layer: str = "gelu_tanh",
+        norm_eps: float = 1e-3,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"MBConv: stride must be 1 or 2, got {stride}")
+        bn_act = get_norm_act_layer("batchnorm2d", act_layer)
+        mid = make_divisible(out_chs * expand_ratio)
+        short = OrderedDict()
+        if stride == 2:
+            short["pool"] = create_pool2d("avg", 2, stride=2, padding="same")
+        if in_chs != out_chs:
+            short["expand"] = nn.Conv2d(in_chs, out_chs, 1, bias=True)
+        self.shortcut = nn.Sequential(short) if short else nn.Identity()
+        self.pre_norm = bn_act(in_chs, eps=norm_eps, apply_act=False)
+        self.conv1_1x1 = create_conv2d(in_chs, mid, 1)
+        self.norm1 = bn_act(mid, eps=norm_eps)
+        self.conv2_kxk = create_conv2d(mid, mid, kernel_size, stride=stride, groups=mid, padding="same")
+        self.norm2 = bn_act(mid, eps=norm_eps)
+        self.se = SEModule(mid, rd_channels=int(se_ratio * out_chs), act_layer="silu") if se_ratio > 0 else nn.Identity()
+        self.conv3_1x1 = create_conv2d(mid, out_chs, 1, bias=True)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2)
+        shortcut = self.shortcut(x)
+        x = self.norm1(self.conv1_1x1(self.pre_norm(x)))
+        x = self.se(self.norm2(self.conv2_kxk(x)))
+        x = self.drop_path(self.conv3_1x1(x)) + shortcut
+        return x.permute(0, 2, 3, 1)
+
+
+class ConvBNStem(nn.Module):
+    """MaxViT stem: ``conv1`` 3x3 stride 2 -> BatchNorm + act (``norm1``) -> ``conv2`` 3x3 stride 1.
+
+    Both convs have bias and TF "same" padding (timm ``create_conv2d(padding='same')``: dynamic
+    at stride 2, so the output is ``ceil(H/2)``). No norm after ``conv2``. Source:
+    google-research/maxvit ``MaxViT`` stem (``conv_0``/``conv_1``); timm ``maxxvit.Stem``.
+
+    Shapes: NCHW images ``(B, in_chans, H, W) -> (B, ceil(H/2), ceil(W/2), dim)`` NHWC tokens.
+    """
+
+    def __init__(self, in_chans: int = 3, dim: int = 64, act_layer: str = "gelu_tanh", norm_eps: float = 1e-3):
+        super().__init__()
+        self.conv1 = create_conv2d(in_chans, dim, 3, stride=2, padding="same", bias=True)
+        self.norm1 = get_norm_act_layer("batchnorm2d", act_layer)(dim, eps=norm_eps)
+        self.conv2 = create_conv2d(dim, dim, 3, stride=1, padding="same", bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.norm1(self.conv1(x))).permute(0, 2, 3, 1)
+
+
+class ConvLNStem(nn.Module):
+    """DaViT stem: zero-pad bottom/right to a multiple of ``stride``, ``k x k`` conv (stride
+    ``stride``, padding ``k // 2``, bias), then LayerNorm over channels.
+
+    Keys ``conv``, ``norm``. Source: dingmyu/davit ``PatchEmbed(patch_size=4)`` (7x7, stride 4,
+    padding 3, then LN); timm ``davit.Stem``.
+
+    Shapes: NCHW images ``(B, in_chans, H, W) -> (B, ceil(H/stride), ceil(W/stride), dim)``.
+    """
+
+    def __init__(
+        self, in_chans: int = 3, dim: int = 96, kernel_size: int = 7, stride: int = 4, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm
+    ):
+        super().__init__()
+        self.stride = stride
+        self.conv = nn.Conv2d(in_chans, dim, kernel_size, stride=stride, padding=kernel_size // 2)
+        self.norm = norm_layer(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride
+        H, W = x.shape[-2:]
+        if H % s or W % s:
+            x = F.pad(x, (0, (s - W % s) % s, 0, (s - H % s) % s))
+        return self.norm(self.conv(x).permute(0, 2, 3, 1))
+
+
+class LNConvDownsample(nn.Module):
+    """DaViT downsampler: LayerNorm over the input channels, then a stride-2 ``k x k`` conv (bias).
+
+    Even ``k`` (DaViT: 2): zero-pad bottom/right to a multiple of ``k``, no conv padding; odd ``k``
+    (Florence-2: 3): padding ``k // 2``. Keys ``norm``, ``conv``. Source: dingmyu/davit
+    ``PatchEmbed(patch_size=2)`` (LN on the input tokens, then conv); timm ``davit.Downsample``.
+
+    Shapes: NHWC ``(B, H, W, dim) -> (B, ceil(H/2), ceil(W/2), dim_out)``.
+    """
+
+    def __init__(self, dim: int, dim_out: int, kernel_size: int = 2, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm):
+        super().__init__()
+        self.norm = norm_layer(dim)
+        self.even_k = kernel_size % 2 == 0
+        self.conv = nn.Conv2d(dim, dim_out, kernel_size, stride=2, padding=0 if self.even_k else kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x).permute(0, 3, 1, 2)
+        if self.even_k:
+            k = self.conv.kernel_size[0]
+            H, W = x.shape[-2:]
+            if H % k or W % k:
+                x = F.pad(x, (0, (k - W % k) % k, 0, (k - H % k) % k))
+        return self.conv(x).permute(0, 2, 3, 1)

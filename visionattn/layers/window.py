@@ -1,56 +1,155 @@
-"""Multi-head self-attention over windows of NHWC tokens with a relative position bias.
+"""Multi-head self-attention over windows of NHWC tokens, with an optional relative position bias.
 
-``window_size=None`` attends over the whole map (one window): the ViT-rpb baseline of the NAT
-paper (Hassani et al., CVPR 2023, Table 7; github SHI-Labs/Neighborhood-Attention-Transformer
-``classification/isotropic.py`` ``MHSARPB``): fused ``qkv``, scale ``head_dim ** -0.5``,
-``rpb`` table ``(heads, 2S-1, 2S-1)`` indexed as in :mod:`visionattn.layers.pos`; the table is
-resized bicubically when the map is not ``S x S``.
+One mixer, three partitions (``partition=``):
+
+* ``'global'``: the whole map is one window: the ViT-rpb baseline of the NAT paper (Hassani et
+  al., CVPR 2023, Table 7; github SHI-Labs/Neighborhood-Attention-Transformer
+  ``classification/isotropic.py`` ``MHSARPB``). The ``rpb`` table ``(heads, 2S-1, 2S-1)`` is
+  resized bicubically when the map is not ``S x S``. Padding never happens.
+* ``'block'``: non-overlapping ``P x P`` windows of adjacent tokens: MaxViT block attention
+  (Tu et al., ECCV 2022, Sec. 3.2) and DaViT spatial window attention (Ding et al., ECCV 2022,
+  Sec. 3.1; github dingmyu/davit ``WindowAttention``).
+* ``'grid'``: ``G x G`` windows of tokens spaced ``H/G`` apart: MaxViT grid attention (Sec. 3.2).
+
+Projections: fused ``qkv = Linear(C, 3C)`` whose rows are ``[q | k | v]``, each ``(heads, head_dim)``
+(the TF MaxViT port's ``head_first=False`` layout, timm ``AttentionCl``; DaViT's layout), scale
+``head_dim ** -0.5``, output ``proj = Linear(C, C)``.
+
+Relative position bias (``rel_pos_bias=True``): one table ``rpb`` of shape ``(heads, 2P-1, 2P-1)``;
+query ``(i, j)`` and key ``(r, c)`` of a window get ``rpb[h, r - i + P - 1, c - j + P - 1]``
+(:mod:`visionattn.layers.pos`). This is exactly the TF MaxViT bias (google-research/maxvit
+``maxvit/models/attention_utils.py`` ``reindex_2d_einsum_lookup``; timm ``RelPosBiasTf``), which
+builds the same ``(heads, P^2, P^2)`` matrix with one-hot einsums; here it is a gather through a
+precomputed index. For grid windows the offsets are between grid slots (tokens ``H/G`` apart).
+
+Any map size (block/grid): the map is zero-padded bottom/right to a multiple of ``P`` (after the
+pre-norm, before ``qkv``), partitioned, attended, reversed and cropped back. With
+``mask_padding=True`` (our MaxViT; upstream MaxViT only accepts multiples of the window) padded
+keys are masked out, so real tokens never attend to padding and a map smaller than one window
+is plain attention among its tokens. With ``mask_padding=False`` padded tokens take part unmasked,
+exactly as the official DaViT code and timm's ``davit.py`` do.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.layers import trunc_normal_
+from timm.layers import trunc_normal_, to_2tuple
 
-from .pos import relative_position_bias
+from ..ops.window import pad_to_multiple, padding_mask, partition as _partition, reverse as _reverse
+from .pos import relative_position_bias, relative_position_index
 
 __all__ = ["WindowAttention"]
 
+_MASK_VALUE = -1.0e4  # added to padded keys' logits: exp underflows to exactly 0 in fp32/fp16/bf16
+
 
 class WindowAttention(nn.Module):
-    """Global (single-window) attention with relative position bias on NHWC tokens.
+    """Window self-attention on NHWC tokens (global, block or grid partition).
 
     Args:
         dim: channels ``C``; num_heads: heads (``C`` divisible by it).
-        window_size: ``(Sh, Sw)``, the extent the ``rpb`` table is built for (``2S-1`` entries).
-        qkv_bias: bias in ``qkv``; proj_drop: dropout after ``proj``.
+        window_size: ``(P_h, P_w)`` (or an int): the window (``'block'``), grid (``'grid'``) or
+            table extent (``'global'``).
+        qkv_bias: bias in ``qkv``; proj_drop: dropout after ``proj``; attn_drop: attention dropout.
+        partition: ``'global'``, ``'block'`` or ``'grid'`` (see the module docstring).
+        rel_pos_bias: learn the relative position table ``rpb``.
+        mask_padding: mask padded keys (block/grid partitions on maps not divisible by the window).
 
-    Shapes: ``(B, H, W, C) -> (B, H, W, C)``; any ``H, W`` (the table is resized when they differ
-    from ``window_size``).
+    Shapes: ``(B, H, W, C) -> (B, H, W, C)``, any ``H, W >= 1``.
+
+    Raises:
+        ValueError: ``dim`` not divisible by ``num_heads``; unknown ``partition``.
     """
 
-    def __init__(self, dim: int, num_heads: int, window_size: Tuple[int, int], qkv_bias: bool = True, proj_drop: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: Union[int, Tuple[int, int]],
+        qkv_bias: bool = True,
+        proj_drop: float = 0.0,
+        partition: str = "global",
+        rel_pos_bias: bool = True,
+        mask_padding: bool = True,
+        attn_drop: float = 0.0,
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"WindowAttention: dim {dim} is not divisible by num_heads {num_heads}")
+        if partition not in ("global", "block", "grid"):
+            raise ValueError(f"WindowAttention: partition must be 'global', 'block' or 'grid', got {partition!r}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
-        self.window_size = tuple(window_size)
+        self.window_size = tuple(to_2tuple(window_size))
+        self.partition = partition
+        self.mask_padding = mask_padding
+        self.attn_drop = attn_drop
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * self.window_size[0] - 1, 2 * self.window_size[1] - 1))
-        trunc_normal_(self.rpb, std=0.02)
+        if rel_pos_bias:
+            self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * self.window_size[0] - 1, 2 * self.window_size[1] - 1))
+            trunc_normal_(self.rpb, std=0.02)
+        else:
+            self.register_parameter("rpb", None)
+        if partition != "global" and rel_pos_bias:
+            # flat index into rpb.flatten(1) for the fixed window: (P^2, P^2); derived, not saved
+            self.register_buffer("rpb_index", relative_position_index(*self.window_size).clone(), persistent=False)
+        else:
+            self.rpb_index = None
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, window_size={self.window_size}, partition={self.partition!r}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.partition == "global":
+            return self._forward_global(x)
+        return self._forward_windows(x)
+
+    def _forward_global(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        bias = relative_position_bias(self.rpb, H, W).to(q.dtype)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0), scale=self.scale)
+        bias = relative_position_bias(self.rpb, H, W).to(q.dtype).unsqueeze(0) if self.rpb is not None else None
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
+        )
         x = x.transpose(1, 2).reshape(B, H, W, C)
         return self.proj_drop(self.proj(x))
+
+    def window_bias(self) -> Optional[torch.Tensor]:
+        """The relative position bias of one window, ``(heads, P_h*P_w, P_h*P_w)`` (None without ``rpb``)."""
+        if self.rpb is None:
+            return None
+        n = self.window_size[0] * self.window_size[1]
+        return self.rpb.flatten(1)[:, self.rpb_index.flatten()].view(self.num_heads, n, n)
+
+    def _forward_windows(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        P = self.window_size
+        xp, pad_h, pad_w = pad_to_multiple(x, P)
+        win = _partition(xp, P, self.partition)  # (B * nW, Ph, Pw, C)
+        Bw, N = win.shape[0], P[0] * P[1]
+        qkv = self.qkv(win).reshape(Bw, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B * nW, heads, N, head_dim)
+        mask = self.window_bias()
+        if mask is not None:
+            mask = mask.to(q.dtype).unsqueeze(0)  # (1, heads, N, N)
+        if (pad_h or pad_w) and self.mask_padding:
+            pad = padding_mask(H, W, pad_h, pad_w, P, self.partition, device=x.device)  # (nW, N)
+            pad = torch.zeros(pad.shape, dtype=q.dtype, device=x.device).masked_fill_(pad, _MASK_VALUE)
+            pad = pad[:, None, None, :]  # (nW, 1, 1, N)
+            mask = pad if mask is None else mask + pad
+            mask = mask.repeat(B, 1, 1, 1)  # window index b * nW + w, as the partition orders them
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
+        )
+        out = out.transpose(1, 2).reshape(Bw, P[0], P[1], C)
+        out = _reverse(out, P, (H + pad_h, W + pad_w), self.partition)
+        if pad_h or pad_w:
+            out = out[:, :H, :W]
+        return self.proj_drop(self.proj(out))

@@ -216,11 +216,20 @@ def default_tile_size(length: int, kernel_size: int, dilation: int) -> int:
     return max(1, min(kernel_size, group_len))
 
 
+def _window_start_py(i: int, length: int, kernel_size: int, dilation: int) -> int:
+    """Plain-integer twin of :func:`window_start` for one query (used to build plans trace-free)."""
+    r, ip = i % dilation, i // dilation
+    lr = (length - r + dilation - 1) // dilation
+    nb = kernel_size // 2
+    return max(ip - nb, 0) + (lr - ip - nb - 1 if ip + nb >= lr else 0)
+
+
 @lru_cache(maxsize=256)
 def _axis_plan(length: int, kernel_size: int, dilation: int, tile: int):
-    """Per-axis gather plan of the tiled path (CPU tensors, cached).
+    """Per-axis gather plan of the tiled path, as plain integers (cached).
 
-    Returns ``(q_idx, k_idx, inv_idx, offset, n_tiles, tile, halo)``:
+    Returns ``(q_idx, k_idx, inv_idx, offset, n_tiles, tile, halo)`` (tensors made by
+    :func:`_axis_plan_on`):
       q_idx  (n_tiles * tile,)  absolute query position of every query slot (padding slots -> 0)
       k_idx  (n_tiles * halo,)  absolute key position of every key slot of every tile
       inv_idx (length,)         slot of each absolute position (to scatter outputs back)
@@ -232,49 +241,64 @@ def _axis_plan(length: int, kernel_size: int, dilation: int, tile: int):
     m = -(-L // d)  # longest residue class
     T = max(1, min(tile, m))
     halo = min(T + K - 1, m)
-    starts = window_start(L, K, d)
+    masked = 2 * K - 1
     q_idx, k_idx, offs = [], [], []
-    inv_idx = torch.empty(L, dtype=torch.long, device="cpu")
+    inv_idx = [0] * L
     n_tiles = 0
     for r in range(d):
         lr = (L - r + d - 1) // d
         for t0 in range(0, m, T):
-            local_q = torch.arange(t0, t0 + T, device="cpu")
-            valid_q = local_q < lr
             first = min(t0, lr - 1)
-            ks = int(starts[first * d + r])
-            ks = max(0, min(ks, m - halo))
-            local_k = torch.arange(ks, ks + halo, device="cpu")
+            ks = max(0, min(_window_start_py(first * d + r, L, K, d), m - halo))
             # Keys past the end of a short class are clamped onto a real position and masked.
-            k_abs = (local_k.clamp(max=lr - 1)) * d + r
-            q_abs = torch.where(valid_q, local_q * d + r, torch.zeros_like(local_q))
-            qs = starts[q_abs]
-            in_win = (local_k[None, :] >= qs[:, None]) & (local_k[None, :] < qs[:, None] + K) & (local_k[None, :] < lr)
-            off = local_k[None, :] - local_q[:, None] + K - 1
-            off = torch.where(in_win, off, torch.full_like(off, 2 * K - 1))
-            # Padding query slots attend to one arbitrary key so that no softmax row is empty.
-            off[~valid_q, 0] = K - 1
-            slot = n_tiles * T + torch.arange(T, device="cpu")
-            inv_idx[q_abs[valid_q]] = slot[valid_q]
-            q_idx.append(q_abs)
-            k_idx.append(k_abs)
-            offs.append(off)
+            k_idx.extend(min(kk, lr - 1) * d + r for kk in range(ks, ks + halo))
+            for a in range(T):
+                ip = t0 + a
+                if ip < lr:
+                    qs = _window_start_py(ip * d + r, L, K, d)
+                    row = [kk - ip + K - 1 if (qs <= kk < qs + K and kk < lr) else masked for kk in range(ks, ks + halo)]
+                    q_idx.append(ip * d + r)
+                    inv_idx[ip * d + r] = n_tiles * T + a
+                else:
+                    # Padding query slots attend to one arbitrary key so that no softmax row is empty.
+                    row = [K - 1] + [masked] * (halo - 1)
+                    q_idx.append(0)
+                offs.append(row)
             n_tiles += 1
-    return (torch.cat(q_idx), torch.cat(k_idx), inv_idx, torch.stack(offs), n_tiles, T, halo)
+    return (tuple(q_idx), tuple(k_idx), tuple(inv_idx), tuple(map(tuple, offs)), n_tiles, T, halo)
 
 
 _PLAN_DEVICE_CACHE: dict = {}
 
 
-def _axis_plan_on(length: int, kernel_size: int, dilation: int, tile: int, device: torch.device):
-    key = (length, kernel_size, dilation, tile, str(device))
-    plan = _PLAN_DEVICE_CACHE.get(key)
+def _is_tracing(x: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return torch.compiler.is_compiling() or isinstance(x, FakeTensor) or torch.jit.is_tracing()
+
+
+def _axis_plan_on(length: int, kernel_size: int, dilation: int, tile: int, like: torch.Tensor):
+    """Plan tensors on ``like.device``; cached per device except while tracing (export/compile),
+    where fresh constants are made so that no fake tensor ever enters the cache."""
+    key = (length, kernel_size, dilation, tile, str(like.device))
+    tracing = _is_tracing(like)
+    plan = None if tracing else _PLAN_DEVICE_CACHE.get(key)
     if plan is None:
         q_idx, k_idx, inv_idx, off, n, T, halo = _axis_plan(length, kernel_size, dilation, tile)
-        plan = (q_idx.to(device), k_idx.to(device), inv_idx.to(device), off.to(device), n, T, halo)
-        if len(_PLAN_DEVICE_CACHE) > 512:
-            _PLAN_DEVICE_CACHE.clear()
-        _PLAN_DEVICE_CACHE[key] = plan
+        as_long = dict(dtype=torch.long, device=like.device)
+        plan = (
+            torch.tensor(q_idx, **as_long),
+            torch.tensor(k_idx, **as_long),
+            torch.tensor(inv_idx, **as_long),
+            torch.tensor(off, **as_long).view(n, T, halo),
+            n,
+            T,
+            halo,
+        )
+        if not tracing:
+            if len(_PLAN_DEVICE_CACHE) > 512:
+                _PLAN_DEVICE_CACHE.clear()
+            _PLAN_DEVICE_CACHE[key] = plan
     return plan
 
 
@@ -284,8 +308,8 @@ def _na2d_tiled(q, k, v, ks, dil, rpb, scale, tile):
     kh, kw = ks
     th = tile[0] if tile is not None else default_tile_size(H, kh, dil[0])
     tw = tile[1] if tile is not None else default_tile_size(W, kw, dil[1])
-    qr, kr, invr, offr, nr, Tr, Hr = _axis_plan_on(H, kh, dil[0], th, q.device)
-    qc, kc, invc, offc, nc, Tc, Hc = _axis_plan_on(W, kw, dil[1], tw, q.device)
+    qr, kr, invr, offr, nr, Tr, Hr = _axis_plan_on(H, kh, dil[0], th, q)
+    qc, kc, invc, offc, nc, Tc, Hc = _axis_plan_on(W, kw, dil[1], tw, q)
 
     # Gather query tiles (B, nr, nc, heads, Tr*Tc, hd) and key/value halos (..., Hr*Hc, hd).
     qt = q.index_select(1, qr).index_select(2, qc)
