@@ -132,7 +132,7 @@ def _dense_mixer_reference(mixer: CrossShapedWindowAttention, x: torch.Tensor) -
     [
         (8, 6, (None, 2)),  # vertical, divisible
         (8, 6, (2, None)),  # horizontal, divisible
-        (7, 5, (None, 3)),  # vertical, W padded 5 -> 6 (1 after... symmetric: 0 before, 1 after)
+        (7, 5, (None, 3)),  # vertical, W padded 5 -> 6 (0 before, 1 after)
         (5, 9, (4, None)),  # horizontal, H padded 5 -> 8 (1 before, 2 after)
         (3, 4, (None, 7)),  # stripe wider than the map
         (5, 7, (None, None)),  # global
@@ -375,7 +375,8 @@ def test_small_model_contract():
             torch.testing.assert_close(final, feats)
             assert len(inter) == 4
             for f, info in zip(inter, model.feature_info):
-                assert f.shape[1] == info["num_chs"]
+                r = info["reduction"]
+                assert tuple(f.shape[1:]) == (info["num_chs"], -(-hw[0] // r), -(-hw[1] // r))
             assert model(x).shape == (2, 5)
     with pytest.raises(ValueError, match="minimum"):
         model(torch.randn(1, 3, 31, 64))

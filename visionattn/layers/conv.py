@@ -179,7 +179,7 @@ class MBConv(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2)
+        x = x.permute(0, 3, 1, 2)  # NCHW view of the NHWC memory (channels_last)
         shortcut = self.shortcut(x)
         x = self.norm1(self.conv1_1x1(self.pre_norm(x)))
         x = self.se(self.norm2(self.conv2_kxk(x)))

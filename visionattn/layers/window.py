@@ -96,7 +96,8 @@ class WindowAttention(nn.Module):
             self.register_parameter("rpb", None)
         if partition != "global" and rel_pos_bias:
             # flat index into rpb.flatten(1) for the fixed window: (P^2, P^2); derived, not saved
-            self.register_buffer("rpb_index", relative_position_index(*self.window_size).clone(), persistent=False)
+            index = relative_position_index(*self.window_size).to(self.rpb.device)  # the default (or meta) device
+            self.register_buffer("rpb_index", index, persistent=False)
         else:
             self.rpb_index = None
         self.proj = nn.Linear(dim, dim)

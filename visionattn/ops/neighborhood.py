@@ -27,7 +27,6 @@ Two implementations give the same numbers:
 """
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from typing import Optional, Sequence, Tuple, Union
 
@@ -419,16 +418,3 @@ def na2d(
         return na2d_reference(q, k, v, ks, dil, rpb, scale)
     tile = None if tile_size is None else _pair(tile_size, "tile_size")
     return _na2d_tiled(q, k, v, ks, dil, rpb, scale, tile)
-
-
-def na2d_flops(H: int, W: int, heads: int, head_dim: int, kernel_size: IntOrPair, batch: int = 1) -> int:
-    """Multiply-adds of neighborhood attention (q.k and attn.v), as fvcore counts matmuls.
-
-    ``2 * B * H * W * heads * head_dim * kh * kw`` (the rpb add and softmax are not counted, as
-    in the NAT/DiNAT papers' fvcore figures).
-    """
-    kh, kw = _pair(kernel_size, "kernel_size")
-    return 2 * batch * H * W * heads * head_dim * kh * kw
-
-
-del math
