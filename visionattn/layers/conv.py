@@ -1,6 +1,6 @@
 """Convolutional stems and downsamplers shared by the families.
 
-All modules take NCHW images (stems) or NHWC tokens (downsamplers) and return NHWC tokens.
+All modules take NCHW images (stems) or NHWC tokens (downsamplers, blocks) and return NHWC tokens.
 
 * :class:`ConvTokenizer` / :class:`ConvDownsampler`: NAT / DiNAT (Hassani et al., CVPR 2023,
   Sec. 3.2; github SHI-Labs/Neighborhood-Attention-Transformer ``classification/nat.py``): two
@@ -11,6 +11,11 @@ All modules take NCHW images (stems) or NHWC tokens (downsamplers) and return NH
   stride-``p`` conv (input zero-padded bottom/right to a multiple of ``p``) then LayerNorm;
   2x2 neighbor concatenation ``[x(0,0), x(1,0), x(0,1), x(1,1)]`` -> LayerNorm(4C) -> Linear(4C, 2C)
   without bias (odd maps zero-padded bottom/right first).
+* :class:`MBConv` / :class:`ConvBNStem`: MaxViT's pre-norm MBConv with SE and TF "same" padding
+  and its two-conv BatchNorm stem (Tu et al., ECCV 2022, Sec. 3.3; github google-research/maxvit).
+* :class:`ConvPosEnc` / :class:`ConvLNStem` / :class:`LNConvDownsample`: DaViT's depthwise conv
+  position encoding, 7x7 stride-4 conv + LN stem and LN + 2x2 stride-2 conv downsampler
+  (Ding et al., ECCV 2022; github dingmyu/davit ``timm/models/davit.py``).
 """
 from __future__ import annotations
 
@@ -133,7 +138,8 @@ class MBConv(nn.Module):
     "same" padding (timm ``create_conv2d(padding='same')``: dynamic ``Conv2dSame`` at stride 2,
     static symmetric padding at stride 1), SE with ``int(se_ratio * out_chs)`` reduced channels
     and SiLU (timm ``SEModule``), and a 1x1 projection with bias. At stride 2 the shortcut is a
-    2x2 "same" average pool (timm ``AvgPool2dSame``) then, when channels change, a 1x1 conv with
+    2x2 "same" average pool (timm ``AvgPool2dSame``; on odd maps the padded zero counts in the
+    mean, as in timm) then, when channels change, a 1x1 conv with
     bias (``shortcut.expand``). Source: google-research/maxvit ``MBConvBlock``; timm
     ``MbConvBlock`` with ``_tf_cfg()``.
 

@@ -144,12 +144,21 @@ class HierarchicalBackbone(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the classifier (``num_classes=0``: Identity); ``global_pool=''`` disables pooling."""
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False) -> None:
+        """Replace the classifier (``num_classes=0``: Identity); ``global_pool=''`` disables pooling.
+
+        ``reset_other=True`` also removes the head's other layers (e.g. the norm and pre-logits of
+        ``NormMlpClassifierHead``) and resizes it to ``num_features`` (timm's head API
+        ``reset(num_classes, pool_type, reset_other, in_features)``; used after pruning).
+        """
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
-        self.head.reset(num_classes, pool_type=global_pool)
+        if reset_other:
+            self.head.reset(num_classes, pool_type=global_pool, reset_other=True, in_features=self.num_features)
+            self.head_hidden_size = getattr(self.head, "num_features", self.num_features)
+        else:
+            self.head.reset(num_classes, pool_type=global_pool)
 
     # ---------------------------------------------------------------- forward
     def _check_input(self, x: torch.Tensor) -> None:
@@ -232,6 +241,7 @@ class HierarchicalBackbone(nn.Module):
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
         if prune_norm or pruned:
             self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
+        if prune_head or pruned:
+            # a head sized for the removed stages cannot stay: drop its norm/pre-logits too (as timm)
+            self.reset_classifier(0, "", reset_other=pruned)
         return take_indices

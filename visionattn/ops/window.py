@@ -1,0 +1,138 @@
+"""Window partitions of NHWC token maps: block (local) and grid (dilated, global) windows.
+
+* Block partition (Swin, Liu et al. ICCV 2021, Sec. 3.2; MaxViT "block attention", Tu et al.
+  ECCV 2022, Sec. 3.2): a ``(B, H, W, C)`` map is cut into non-overlapping ``Ph x Pw`` windows
+  of adjacent tokens.
+* Grid partition (MaxViT "grid attention", Sec. 3.2, Fig. 3): the map is viewed as a
+  ``Gh x Gw`` grid of cells of size ``(H/Gh, W/Gw)``; window ``(a, b)`` gathers the token at
+  offset ``(a, b)`` of every cell, i.e. ``Gh x Gw`` tokens spaced ``H/Gh`` and ``W/Gw`` apart.
+  (github google-research/maxvit ``maxvit/models/maxvit.py`` ``grid_partition``; timm
+  ``models/maxxvit.py`` ``grid_partition``.)
+
+Both partitions require ``H, W`` to be multiples of the window/grid size; :func:`pad_to_multiple`
+zero-pads bottom/right first and :func:`padding_mask` tells which window slots are padding.
+All functions are pure tensor reshapes (no parameters) and raise ``ValueError`` on bad sizes.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "pad_to_multiple",
+    "window_partition",
+    "window_reverse",
+    "grid_partition",
+    "grid_reverse",
+    "partition",
+    "reverse",
+    "padding_mask",
+]
+
+Size2 = Tuple[int, int]
+
+
+def _check(x: torch.Tensor, size: Size2, what: str) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"{what}: expected NHWC tokens (B, H, W, C), got shape {tuple(x.shape)}")
+    H, W = x.shape[1], x.shape[2]
+    if size[0] < 1 or size[1] < 1:
+        raise ValueError(f"{what}: size must be positive, got {tuple(size)}")
+    if H % size[0] or W % size[1]:
+        raise ValueError(f"{what}: map {H}x{W} is not divisible by {size[0]}x{size[1]}; pad it first (pad_to_multiple)")
+
+
+def pad_to_multiple(x: torch.Tensor, size: Size2) -> Tuple[torch.Tensor, int, int]:
+    """Zero-pad NHWC tokens bottom/right so that ``H, W`` become multiples of ``size``.
+
+    Args:
+        x: ``(B, H, W, C)``.
+        size: ``(mh, mw)``.
+
+    Returns:
+        ``(x_padded, pad_h, pad_w)`` with ``x_padded`` of shape ``(B, H + pad_h, W + pad_w, C)``
+        (``x`` itself when no padding is needed).
+    """
+    H, W = x.shape[1], x.shape[2]
+    pad_h = (size[0] - H % size[0]) % size[0]
+    pad_w = (size[1] - W % size[1]) % size[1]
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    return x, pad_h, pad_w
+
+
+def window_partition(x: torch.Tensor, window: Size2) -> torch.Tensor:
+    """``(B, H, W, C) -> (B * H/Ph * W/Pw, Ph, Pw, C)``: windows of adjacent tokens, row-major.
+
+    Raises:
+        ValueError: ``H`` or ``W`` not divisible by the window.
+    """
+    _check(x, window, "window_partition")
+    B, H, W, C = x.shape
+    x = x.view(B, H // window[0], window[0], W // window[1], window[1], C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window[0], window[1], C)
+
+
+def window_reverse(windows: torch.Tensor, window: Size2, size: Size2) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: ``(B * nW, Ph, Pw, C) -> (B, H, W, C)`` for ``size = (H, W)``."""
+    H, W = size
+    C = windows.shape[-1]
+    x = windows.view(-1, H // window[0], W // window[1], window[0], window[1], C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)
+
+
+def grid_partition(x: torch.Tensor, grid: Size2) -> torch.Tensor:
+    """``(B, H, W, C) -> (B * H/Gh * W/Gw, Gh, Gw, C)``: window ``(a, b)`` holds tokens
+    ``x[:, i * H/Gh + a, j * W/Gw + b]`` for ``i < Gh, j < Gw`` (dilated, spanning the map).
+
+    Raises:
+        ValueError: ``H`` or ``W`` not divisible by the grid.
+    """
+    _check(x, grid, "grid_partition")
+    B, H, W, C = x.shape
+    x = x.view(B, grid[0], H // grid[0], grid[1], W // grid[1], C)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(-1, grid[0], grid[1], C)
+
+
+def grid_reverse(windows: torch.Tensor, grid: Size2, size: Size2) -> torch.Tensor:
+    """Inverse of :func:`grid_partition`: ``(B * nW, Gh, Gw, C) -> (B, H, W, C)`` for ``size = (H, W)``."""
+    H, W = size
+    C = windows.shape[-1]
+    x = windows.view(-1, H // grid[0], W // grid[1], grid[0], grid[1], C)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(-1, H, W, C)
+
+
+def partition(x: torch.Tensor, size: Size2, mode: str) -> torch.Tensor:
+    """:func:`window_partition` (``mode='block'``) or :func:`grid_partition` (``mode='grid'``)."""
+    if mode == "block":
+        return window_partition(x, size)
+    if mode == "grid":
+        return grid_partition(x, size)
+    raise ValueError(f"partition: mode must be 'block' or 'grid', got {mode!r}")
+
+
+def reverse(windows: torch.Tensor, size: Size2, map_size: Size2, mode: str) -> torch.Tensor:
+    """Inverse of :func:`partition` for a map of ``map_size = (H, W)``."""
+    if mode == "block":
+        return window_reverse(windows, size, map_size)
+    if mode == "grid":
+        return grid_reverse(windows, size, map_size)
+    raise ValueError(f"reverse: mode must be 'block' or 'grid', got {mode!r}")
+
+
+def padding_mask(H: int, W: int, pad_h: int, pad_w: int, size: Size2, mode: str, device=None) -> torch.Tensor:
+    """Which slots of each window are padding, for a map padded by :func:`pad_to_multiple`.
+
+    Args:
+        H, W: the unpadded map size; pad_h, pad_w: the padding added bottom/right.
+        size: window (block) or grid size; mode: ``'block'`` or ``'grid'``.
+
+    Returns:
+        bool ``(nW, Ph * Pw)``, True where the slot holds a padded token; windows in the order
+        :func:`partition` produces them for one image.
+    """
+    valid = torch.zeros(1, H + pad_h, W + pad_w, 1, dtype=torch.bool, device=device)
+    valid[:, :H, :W] = True
+    return ~partition(valid, size, mode).flatten(1)
