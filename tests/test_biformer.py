@@ -24,7 +24,7 @@ import visionattn.models.biformer  # noqa: F401  (registers the models)
 from visionattn.layers.routing import AttentionLePE, BiLevelRoutingAttention
 from visionattn.models._registry import CheckpointKeyError
 from visionattn.models.biformer import checkpoint_filter_fn
-from visionattn.ops.routing import bra2d, bra2d_reference, region_grid
+from visionattn.ops.routing import bra2d, bra2d_flops, bra2d_reference, region_grid
 
 NAMES = ["biformer_tiny", "biformer_small", "biformer_base", "biformer_stl"]
 TINY = dict(dims=(64, 128, 256, 512), depths=(2, 2, 8, 2))
@@ -46,28 +46,25 @@ def loop_bra(q, k, v, n, topk, scale):
     rh, nh = _axis(H, n_h)
     rw, nw = _axis(W, n_w)
     regions = [
-        [(i, j) for i in range(a * rh, min((a + 1) * rh, H)) for j in range(b * rw, min((b + 1) * rw, W))]
+        torch.tensor([i * W + j for i in range(a * rh, min((a + 1) * rh, H)) for j in range(b * rw, min((b + 1) * rw, W))])
         for a in range(nh)
         for b in range(nw)
     ]
-    assert all(regions), "a region made only of padding"
+    assert all(len(r) for r in regions), "a region made only of padding"
+    order = torch.cat(regions)
+    qf, kf, vf = (t.reshape(B, H * W, m, t.shape[-1]) for t in (q, k, v))
     rows = []
     for bi in range(B):
-        qd = torch.stack([torch.stack([q[bi, i, j].detach().reshape(-1) for i, j in reg]).mean(0) for reg in regions])
-        kd = torch.stack([torch.stack([k[bi, i, j].detach().reshape(-1) for i, j in reg]).mean(0) for reg in regions])
+        qd = torch.stack([qf[bi, reg].detach().reshape(len(reg), -1).mean(0) for reg in regions])
+        kd = torch.stack([kf[bi, reg].detach().reshape(len(reg), -1).mean(0) for reg in regions])
         sel = torch.topk(qd @ kd.T, min(topk, len(regions)), dim=-1).indices
-        out = {}
+        outs = []
         for r, reg in enumerate(regions):
-            keys = [t for s in sel[r].tolist() for t in regions[s]]
-            Q = torch.stack([q[bi, i, j] for i, j in reg])  # (T, m, dq)
-            K = torch.stack([k[bi, i, j] for i, j in keys])  # (N, m, dq)
-            V = torch.stack([v[bi, i, j] for i, j in keys])
-            A = (torch.einsum("tmd,nmd->mtn", Q, K) * scale).softmax(-1)
-            O = torch.einsum("mtn,nme->tme", A, V)
-            for t, ij in enumerate(reg):
-                out[ij] = O[t]
-        rows.append(torch.stack([torch.stack([out[(i, j)] for j in range(W)]) for i in range(H)]))
-    return torch.stack(rows)
+            keys = torch.cat([regions[s] for s in sel[r].tolist()])
+            A = (torch.einsum("tmd,nmd->mtn", qf[bi, reg], kf[bi, keys]) * scale).softmax(-1)
+            outs.append(torch.einsum("mtn,nme->tme", A, vf[bi, keys]))
+        rows.append(torch.cat(outs)[torch.argsort(order)])  # back to raster order
+    return torch.stack(rows).reshape(B, H, W, m, -1)
 
 
 def _qkv(B, H, W, m, dq, dv, seed):
@@ -418,6 +415,27 @@ def test_gmacs_tiny_match_official_fvcore_count():
     # official models/biformer.py under fvcore: 2.228 GMACs (README 2.2G)
     assert abs(_gmacs(timm.create_model("biformer_tiny")) - 2.228) / 2.228 < 0.02
 
+
+
+def test_bra2d_flops_formula_matches_fvcore():
+    class Op(torch.nn.Module):
+        def forward(self, q, k, v):
+            return bra2d(q, k, v, 7, 4)
+
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import get_shape
+
+    def sdpa(inputs, outputs):
+        q, k, v = (get_shape(inputs[i]) for i in range(3))
+        return math.prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
+
+    q = torch.zeros(2, 17, 23, 3, 8)
+    v = torch.zeros(2, 17, 23, 3, 5)
+    fca = FlopCountAnalysis(Op(), (q, q, v)).set_op_handle("aten::scaled_dot_product_attention", sdpa)
+    fca.unsupported_ops_warnings(False)
+    # 17 -> 6 regions of 3 rows; 23 -> 6 regions of 4 columns (padded grid 18 x 24)
+    R, T = 6 * 6, 3 * 4
+    assert bra2d_flops(17, 23, 3, 8, 5, 7, 4, batch=2) == fca.total() == 2 * 3 * R * T * 4 * T * (8 + 5) + 2 * R * R * 24
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,want", [("biformer_small", 4.4873), ("biformer_stl", 4.5899)])

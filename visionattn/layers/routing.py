@@ -1,0 +1,157 @@
+"""BiFormer token mixers: bi-level routing attention and the last stage's global attention with LePE.
+
+Zhu et al., "BiFormer: Vision Transformer with Bi-Level Routing Attention", CVPR 2023, Sec. 3.2
+(BRA, Eq. 1-4) and Sec. 3.3 (LePE, the 5x5 depthwise "local context enhancement"); official code
+github rayleizhu/BiFormer at 1697bbb: ``ops/bra_legacy.py::BiLevelRoutingAttention`` (stages 1-3
+of BiFormer-T/S/B, STL) and ``models/_common.py::AttentionLePE`` (stage 4, ``topk=-2``).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.routing import bra2d
+
+__all__ = ["BiLevelRoutingAttention", "AttentionLePE"]
+
+
+def _nhwc_dwconv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Apply an NCHW depthwise conv to NHWC ``x``; returns NHWC."""
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class BiLevelRoutingAttention(nn.Module):
+    """Bi-level routing attention on NHWC tokens, with LePE on V (BiFormer stages 1-3).
+
+    ``qkv = Linear(C, 2*qk_dim + C)`` with rows ``[q | k | v]`` (official ``qkv.qkv``), heads split
+    head-major, region routing + attention by :func:`visionattn.ops.bra2d` with scale
+    ``qk_dim ** -0.5`` (the official scale; *not* the head dim), ``lepe`` = depthwise
+    ``lepe_kernel``-conv on the full V map (it spans region borders), and
+    ``out = proj(attn + lepe)`` (LePE added before the output projection, official ``wo``).
+
+    Args:
+        dim: channels ``C``.
+        num_heads: heads (``dim`` and ``qk_dim`` divisible by it).
+        num_regions: regions per side, ``n_win`` (7 for the ImageNet models, 16/8 in the official
+            detection/segmentation configs); an ``(nh, nw)`` pair is accepted too.
+        topk: routed regions per query region.
+        qk_dim: query/key channels (default ``dim``).
+        qkv_bias: bias in ``qkv``.
+        lepe_kernel: LePE depthwise kernel (0: no LePE).
+        pad_mode: what happens when the map is not a multiple of ``num_regions``:
+            ``'mask'`` (default): q/k/v padded after projection, padded tokens left out of the
+            region means and masked as keys (see :mod:`visionattn.ops.routing`), LePE on the
+            unpadded V; ``'zero'``: the official ``auto_pad=True`` of the detection/segmentation
+            backbones: the (normalised) input is zero-padded to ``n_win`` regions of
+            ``ceil(L/n_win)`` before ``qkv``, padded tokens (carrying the qkv bias) take part in
+            routing and attention and LePE sees them, and the output is cropped. Both are
+            identical when the map is divisible.
+        proj_drop: dropout after ``proj``.
+
+    Shapes: ``(B, H, W, C) -> (B, H, W, C)``, any ``H, W >= 1``.
+
+    Raises:
+        ValueError: indivisible channels, ``topk < 1`` or an unknown ``pad_mode``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        num_regions: Union[int, Tuple[int, int]] = 7,
+        topk: int = 4,
+        qk_dim: Optional[int] = None,
+        qkv_bias: bool = True,
+        lepe_kernel: int = 5,
+        pad_mode: str = "mask",
+        proj_drop: float = 0.0,
+    ):
+        super().__init__()
+        qk_dim = qk_dim or dim
+        if dim % num_heads or qk_dim % num_heads:
+            raise ValueError(f"BiLevelRoutingAttention: dim {dim} and qk_dim {qk_dim} must be divisible by num_heads {num_heads}")
+        if topk < 1:
+            raise ValueError(f"BiLevelRoutingAttention: topk must be >= 1, got {topk}")
+        if pad_mode not in ("mask", "zero"):
+            raise ValueError(f"BiLevelRoutingAttention: pad_mode must be 'mask' or 'zero', got {pad_mode!r}")
+        self.dim, self.qk_dim, self.num_heads = dim, qk_dim, num_heads
+        self.num_regions, self.topk, self.pad_mode = num_regions, topk, pad_mode
+        self.scale = qk_dim ** -0.5
+        self.qkv = nn.Linear(dim, 2 * qk_dim + dim, bias=qkv_bias)
+        self.lepe = nn.Conv2d(dim, dim, lepe_kernel, padding=lepe_kernel // 2, groups=dim) if lepe_kernel > 0 else None
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, qk_dim={self.qk_dim}, num_regions={self.num_regions}, topk={self.topk}, pad_mode={self.pad_mode!r}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        if self.pad_mode == "zero":
+            n_h, n_w = (self.num_regions, self.num_regions) if isinstance(self.num_regions, int) else self.num_regions
+            pad_h, pad_w = n_h * -(-H // n_h) - H, n_w * -(-W // n_w) - W
+            if pad_h or pad_w:
+                x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        Hp, Wp = x.shape[1], x.shape[2]
+        m = self.num_heads
+        q, k, v = self.qkv(x).split([self.qk_dim, self.qk_dim, C], dim=-1)
+        out = bra2d(
+            q.reshape(B, Hp, Wp, m, -1),
+            k.reshape(B, Hp, Wp, m, -1),
+            v.reshape(B, Hp, Wp, m, -1),
+            num_regions=self.num_regions,
+            topk=self.topk,
+            scale=self.scale,
+        ).reshape(B, Hp, Wp, C)
+        if self.lepe is not None:
+            out = out + _nhwc_dwconv(self.lepe, v)
+        if Hp != H or Wp != W:
+            out = out[:, :H, :W]
+        return self.proj_drop(self.proj(out))
+
+
+class AttentionLePE(nn.Module):
+    """Global multi-head self-attention with LePE on the block input (BiFormer stage 4).
+
+    Official ``models/_common.py::AttentionLePE``: ``qkv = Linear(C, 3C, bias=False)`` (rows
+    ``[q | k | v]``), ``num_heads`` heads (8 in every released model, not ``C/32``), scale
+    ``head_dim ** -0.5``, ``lepe`` = depthwise ``lepe_kernel``-conv of the mixer *input* (the
+    normalised block input, not V), ``out = proj(softmax(q k^T * scale) v + lepe)``.
+
+    Args:
+        dim: channels ``C``; num_heads: heads; qkv_bias: bias in ``qkv``;
+        lepe_kernel: LePE kernel (0: none); proj_drop: dropout after ``proj``.
+
+    Shapes: ``(B, H, W, C) -> (B, H, W, C)``, any ``H, W``.
+
+    Raises:
+        ValueError: ``dim`` not divisible by ``num_heads``.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, lepe_kernel: int = 5, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"AttentionLePE: dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.lepe = nn.Conv2d(dim, dim, lepe_kernel, padding=lepe_kernel // 2, groups=dim) if lepe_kernel > 0 else None
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        out = out.transpose(1, 2).reshape(B, H, W, C)
+        if self.lepe is not None:
+            out = out + _nhwc_dwconv(self.lepe, x)
+        return self.proj_drop(self.proj(out))
