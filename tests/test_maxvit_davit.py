@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -127,7 +128,12 @@ def test_window_attention_matches_reference(mode, hw, mask):
     with torch.no_grad():
         mod.rpb.normal_(0, 1.0)
         x = torch.randn(2, *hw, 16)
-        torch.testing.assert_close(mod(x), _reference_window_attention(mod, x, mode, mask), rtol=1e-5, atol=1e-5)
+        ref = _reference_window_attention(mod, x, mode, mask)
+        torch.testing.assert_close(mod(x), ref, rtol=1e-5, atol=1e-5)  # inference: SDPA
+    y = mod(x)  # autograd on CPU: the explicit-product path
+    torch.testing.assert_close(y.detach(), ref, rtol=1e-5, atol=1e-5)
+    y.square().sum().backward()
+    assert torch.isfinite(mod.rpb.grad).all() and mod.rpb.grad.abs().sum() > 0
 
 
 def test_window_attention_without_bias_matches_reference():
@@ -210,7 +216,7 @@ def _randomize(model, seed=0):
             if n.endswith("weight") and p.dim() == 1:
                 p.copy_(torch.rand(p.shape, generator=g) + 0.5)
             else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
         for n, b in model.named_buffers():
             if n.endswith("running_mean"):
                 b.copy_(torch.randn(b.shape, generator=g) * 0.1)
@@ -249,23 +255,40 @@ def test_maxvit_tiny_matches_timm_224(maxvit_tiny_pair):
     _compare(*maxvit_tiny_pair, (224, 224))
 
 
+def test_maxvit_tiny_matches_timm_odd_stem_map(maxvit_tiny_pair):
+    """222 px: the stem gives 111 rows (odd), so the stride-2 "same" conv and the 2x2 "same"
+    average pool of the shortcut pad one row; timm still runs there (56 = 8 * 7 at stage 0)."""
+    _compare(*maxvit_tiny_pair, (222, 224))
+
+
 @pytest.mark.slow
 def test_maxvit_tiny_matches_timm_448(maxvit_tiny_pair):
     _compare(*maxvit_tiny_pair, (448, 448))
 
 
+_SLOW = pytest.mark.slow
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_pair(timm_name, ours_name, depths):
+    filt = maxvit.checkpoint_filter_fn if ours_name.startswith("maxvit") else davit.checkpoint_filter_fn
+    return _pair(timm_name, ours_name, filt, depths=depths)
+
+
 @pytest.mark.parametrize(
-    "timm_name,ours_name,depths,sizes",
+    "timm_name,ours_name,depths,size",
     [
-        ("maxvit_small_tf_224", "maxvit_small", (1, 1, 2, 1), [(224, 224)]),
-        ("maxvit_base_tf_224", "maxvit_base", (1, 2, 1, 1), [(224, 224)]),
-        ("maxvit_tiny_tf_384", "maxvit_tiny_384", (1, 1, 1, 1), [(384, 384)]),
+        ("maxvit_small_tf_224", "maxvit_small", (1, 1, 2, 1), (224, 224)),
+        pytest.param("maxvit_small_tf_224", "maxvit_small", (1, 1, 2, 1), (448, 448), marks=_SLOW),
+        ("maxvit_base_tf_224", "maxvit_base", (1, 2, 1, 1), (224, 224)),
+        pytest.param("maxvit_base_tf_224", "maxvit_base", (1, 2, 1, 1), (448, 448), marks=_SLOW),
+        ("maxvit_tiny_tf_384", "maxvit_tiny_384", (1, 1, 1, 1), (384, 384)),
+        pytest.param("maxvit_tiny_tf_384", "maxvit_tiny_384", (1, 1, 1, 1), (768, 768), marks=_SLOW),
     ],
 )
-def test_maxvit_variants_match_timm(timm_name, ours_name, depths, sizes):
-    ref, ours = _pair(timm_name, ours_name, maxvit.checkpoint_filter_fn, depths=depths)
-    for s in sizes:
-        _compare(ref, ours, s)
+def test_maxvit_variants_match_timm(timm_name, ours_name, depths, size):
+    """Reduced depths (timm's ``depths=`` overlay), the variant's widths, heads and window."""
+    _compare(*_cached_pair(timm_name, ours_name, depths), size)
 
 
 def test_maxvit_runs_where_timm_fails(maxvit_tiny_pair):
@@ -307,13 +330,15 @@ def test_davit_tiny_matches_timm(davit_tiny_pair, size):
 
 @pytest.mark.parametrize(
     "timm_name,ours_name,depths,size",
-    [("davit_small", "davit_small_va", (1, 1, 2, 1), (288, 224)), ("davit_base", "davit_base_va", (1, 1, 2, 1), (224, 224))],
+    [
+        ("davit_small", "davit_small_va", (1, 1, 2, 1), (224, 224)),
+        ("davit_small", "davit_small_va", (1, 1, 2, 1), (288, 224)),
+        ("davit_base", "davit_base_va", (1, 1, 2, 1), (224, 224)),
+        pytest.param("davit_base", "davit_base_va", (1, 1, 2, 1), (320, 288), marks=_SLOW),
+    ],
 )
 def test_davit_variants_match_timm(timm_name, ours_name, depths, size):
-    ref, ours = _pair(timm_name, ours_name, davit.checkpoint_filter_fn, depths=depths)
-    _compare(ref, ours, size)
-    if size != (224, 224):
-        _compare(ref, ours, (224, 224))
+    _compare(*_cached_pair(timm_name, ours_name, depths), size)
 
 
 def _timm_davit_to_official(sd):
@@ -427,6 +452,13 @@ def test_contract_small(name, kw, taps):
     m.reset_classifier(0, "")
     with torch.no_grad():
         assert m(x).dim() == 4
+    # pruning drops the head's norm / pre-logits sized for the removed stages (timm behaviour)
+    m = timm.create_model(name, **kw).eval()
+    m.prune_intermediate_layers([1, 2])
+    with torch.no_grad():
+        f = m.forward_features(x)
+        assert f.shape[1] == m.num_features == m.feature_info[2]["num_chs"]
+        assert m.forward_head(f).shape == f.shape
 
 
 def test_names_and_cfgs():
@@ -444,3 +476,26 @@ def test_names_and_cfgs():
     assert len(tags) == len(timm_tags) == 23
     hub_ids = {timm.models.get_pretrained_cfg(t).hf_hub_id for t in tags}
     assert hub_ids == {"timm/" + t for t in timm_tags}
+    for t in tags:  # data settings as timm's cfg of the same weights
+        ours_cfg = timm.models.get_pretrained_cfg(t)
+        timm_cfg = timm.models.get_pretrained_cfg(ours_cfg.hf_hub_id[len("timm/"):])
+        for key in ("input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std", "num_classes"):
+            assert getattr(ours_cfg, key) == getattr(timm_cfg, key), (t, key)
+
+
+def test_pretrained_overlay_file_runs_filter_and_resets_head(davit_tiny_pair, tmp_path):
+    """The user route for local weights: ``pretrained=True`` + ``pretrained_cfg_overlay=dict(file=...)``
+    runs our filter on a timm-layout file; another class count drops the classifier."""
+    from safetensors.torch import save_file
+
+    ref, ours = davit_tiny_pair
+    path = str(tmp_path / "davit_tiny_timm.safetensors")
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, path)
+    m = timm.create_model("davit_tiny_va", pretrained=True, pretrained_cfg_overlay=dict(file=path)).eval()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(x), rtol=1e-4, atol=1e-4)
+    m5 = timm.create_model("davit_tiny_va", pretrained=True, num_classes=5, pretrained_cfg_overlay=dict(file=path)).eval()
+    assert m5.get_classifier().out_features == 5
+    with torch.no_grad():
+        torch.testing.assert_close(m5.forward_features(x), m.forward_features(x))

@@ -67,10 +67,11 @@ class TransformerBlock(nn.Module):
             self.norm2 = self.mlp = None
         self.pos2 = pos2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, **attn_kwargs) -> torch.Tensor:
+        """``attn_kwargs`` are passed to the mixer (e.g. ``grid=(H, W)`` for sequence mixers)."""
         if self.pos is not None:
             x = self.pos(x)
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), **attn_kwargs)))
         if self.pos2 is not None:
             x = self.pos2(x)
         if self.mlp is not None:

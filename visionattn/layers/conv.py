@@ -150,6 +150,9 @@ class MBConv(nn.Module):
         norm_eps: BatchNorm eps; drop_path: stochastic depth of the residual branch.
 
     Shapes: NHWC ``(B, H, W, in_chs) -> (B, ceil(H/stride), ceil(W/stride), out_chs)``.
+
+    Raises:
+        ValueError: ``stride`` other than 1 or 2.
     """
 
     def __init__(

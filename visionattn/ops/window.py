@@ -29,6 +29,7 @@ __all__ = [
     "partition",
     "reverse",
     "padding_mask",
+    "shift_region_mask",
 ]
 
 Size2 = Tuple[int, int]
@@ -122,12 +123,16 @@ def reverse(windows: torch.Tensor, size: Size2, map_size: Size2, mode: str) -> t
     raise ValueError(f"reverse: mode must be 'block' or 'grid', got {mode!r}")
 
 
-def padding_mask(H: int, W: int, pad_h: int, pad_w: int, size: Size2, mode: str, device=None) -> torch.Tensor:
+def padding_mask(
+    H: int, W: int, pad_h: int, pad_w: int, size: Size2, mode: str, device=None, shift: Size2 = (0, 0)
+) -> torch.Tensor:
     """Which slots of each window are padding, for a map padded by :func:`pad_to_multiple`.
 
     Args:
         H, W: the unpadded map size; pad_h, pad_w: the padding added bottom/right.
         size: window (block) or grid size; mode: ``'block'`` or ``'grid'``.
+        shift: cyclic shift ``(sh, sw)`` applied to the padded map before partitioning
+            (``torch.roll(x, (-sh, -sw), (1, 2))``, Swin's SW-MSA); default none.
 
     Returns:
         bool ``(nW, Ph * Pw)``, True where the slot holds a padded token; windows in the order
@@ -135,4 +140,32 @@ def padding_mask(H: int, W: int, pad_h: int, pad_w: int, size: Size2, mode: str,
     """
     valid = torch.zeros(1, H + pad_h, W + pad_w, 1, dtype=torch.bool, device=device)
     valid[:, :H, :W] = True
+    if shift[0] or shift[1]:
+        valid = torch.roll(valid, shifts=(-shift[0], -shift[1]), dims=(1, 2))
     return ~partition(valid, size, mode).flatten(1)
+
+
+def shift_region_mask(Hp: int, Wp: int, window: Size2, shift: Size2, device=None) -> torch.Tensor:
+    """Swin's shifted-window attention mask (Liu et al., ICCV 2021, Sec. 3.2, Fig. 4).
+
+    After ``torch.roll(x, (-sh, -sw), (1, 2))`` of an ``Hp x Wp`` map (multiples of the window),
+    the windows along the bottom/right border hold tokens from up to three regions per axis
+    (rows ``< Hp - Ph``, ``[Hp - Ph, Hp - sh)``, ``>= Hp - sh``; likewise columns) that were not
+    adjacent in the image. Tokens of different regions must not attend to each other
+    (github microsoft/Swin-Transformer ``models/swin_transformer.py``, ``attn_mask``).
+
+    Returns:
+        bool ``(nW, Ph * Pw, Ph * Pw)``, True where query and key lie in different regions;
+        windows in :func:`window_partition` order for one image.
+
+    Raises:
+        ValueError: ``Hp, Wp`` not multiples of the window.
+    """
+
+    def labels(n: int, p: int, s: int) -> torch.Tensor:
+        r = torch.arange(n, device=device)
+        return (r >= n - p).long() + ((r >= n - s).long() if s > 0 else 0)
+
+    region = labels(Hp, window[0], shift[0])[:, None] * 3 + labels(Wp, window[1], shift[1])[None, :]
+    win = window_partition(region[None, :, :, None], window).flatten(1)  # (nW, N)
+    return win[:, :, None] != win[:, None, :]
