@@ -1,18 +1,42 @@
 """nn.Modules the blocks are made of: token mixers, positional terms, stems, downsamplers, the block."""
+from .agent import AgentAttention
 from .block import TransformerBlock
-from .conv import ConvDownsampler, ConvTokenizer, PatchEmbed, PatchMerging
+from .channel import ChannelGroupAttention
+from .conv import (
+    ConvBNStem,
+    ConvDownsampler,
+    ConvLNStem,
+    ConvPosEnc,
+    ConvTokenizer,
+    LNConvDownsample,
+    MBConv,
+    PatchEmbed,
+    PatchMerging,
+)
+from .cross_shaped import CrossShapedWindowAttention
 from .neighborhood import NeighborhoodAttention2d
 from .pos import relative_position_bias, relative_position_index, resize_rel_pos_table
+from .routing import AttentionLePE, BiLevelRoutingAttention
 from .window import WindowAttention
 
 __all__ = [
-    "TransformerBlock",
-    "ConvDownsampler",
-    "ConvTokenizer",
-    "PatchEmbed",
-    "PatchMerging",
+    "AgentAttention",
+    "AttentionLePE",
+    "BiLevelRoutingAttention",
+    "ChannelGroupAttention",
+    "CrossShapedWindowAttention",
     "NeighborhoodAttention2d",
     "WindowAttention",
+    "TransformerBlock",
+    "ConvBNStem",
+    "ConvDownsampler",
+    "ConvLNStem",
+    "ConvPosEnc",
+    "ConvTokenizer",
+    "LNConvDownsample",
+    "MBConv",
+    "PatchEmbed",
+    "PatchMerging",
     "relative_position_bias",
     "relative_position_index",
     "resize_rel_pos_table",
