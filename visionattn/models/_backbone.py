@@ -17,11 +17,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import nn
-from timm.layers import ClassifierHead
+from timm.layers import ClassifierHead, trunc_normal_
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 
-__all__ = ["Stage", "HierarchicalBackbone", "drop_path_rates"]
+__all__ = ["Stage", "HierarchicalBackbone", "drop_path_rates", "per_stage", "init_weights"]
 
 
 def drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> List[List[float]]:
@@ -33,6 +33,32 @@ def drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> List[List[f
         out.append(rates[i : i + d])
         i += d
     return out
+
+
+def per_stage(value, n: int, name: str) -> List:
+    """Expand a per-stage argument: a scalar is repeated ``n`` times, a sequence must have ``n`` items.
+
+    Raises:
+        ValueError: a sequence whose length is not ``n`` (the message names the argument).
+    """
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{name} must have one entry per stage ({n}); got {value!r}")
+        return list(value)
+    return [value] * n
+
+
+def init_weights(module: nn.Module) -> None:
+    """The init every family's official code uses (ViT/Swin style): truncated normal (std .02)
+    Linear weights, zero biases, LayerNorm weight 1 / bias 0; convolutions keep PyTorch's default.
+    Apply with ``model.apply(init_weights)``."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 class Stage(nn.Module):

@@ -67,31 +67,12 @@ from ..layers.conv import PatchEmbed, PatchMerging
 from ..layers.pos import resize_rel_pos_table
 from ..layers.window import WindowAttention
 from . import cswin as _cswin
-from ._backbone import HierarchicalBackbone, Stage, drop_path_rates
+from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights, per_stage
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["AgentPVT", "AgentDeiT", "AgentSwin", "AgentCSWin", "PosPatchEmbed", "TokenHead", "checkpoint_filter_fn"]
 
 _LN6 = partial(nn.LayerNorm, eps=1e-6)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Official init (all four families): trunc-normal(.02) linear weights, zero biases, unit LayerNorms."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
-def _per_stage(value, n: int, name: str) -> List:
-    if isinstance(value, (list, tuple)):
-        if len(value) != n:
-            raise ValueError(f"{name} must have one entry per stage ({n}); got {value!r}")
-        return list(value)
-    return [value] * n
 
 
 # ------------------------------------------------------------------------------------------------
@@ -167,7 +148,7 @@ class AgentPVT(HierarchicalBackbone):
     ):
         n = len(depths)
         for name, v in (("embed_dims", embed_dims), ("num_heads", num_heads), ("mlp_ratios", mlp_ratios), ("agent_num", agent_num)):
-            _per_stage(v, n, name)
+            per_stage(v, n, name)
         reductions = [4 * 2**i for i in range(n)]
         dpr = drop_path_rates(drop_path_rate, depths)
         stages = []
@@ -202,7 +183,7 @@ class AgentPVT(HierarchicalBackbone):
             no_weight_decay_keywords=(),  # official: only the (absent) cls_token
         )
         self.img_size = img_size
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -321,7 +302,7 @@ class AgentDeiT(HierarchicalBackbone):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + g * g, embed_dim))
         trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
@@ -426,7 +407,7 @@ class AgentSwin(HierarchicalBackbone):
     ):
         n = len(depths)
         for name, v in (("num_heads", num_heads), ("agent_num", agent_num), ("agent_blocks", agent_blocks)):
-            _per_stage(v, n, name)
+            per_stage(v, n, name)
         dims = [int(embed_dim * 2**i) for i in range(n)]
         reductions = [4 * 2**i for i in range(n)]
         dpr = drop_path_rates(drop_path_rate, depths)
@@ -464,7 +445,7 @@ class AgentSwin(HierarchicalBackbone):
             no_weight_decay_keywords=("rpb",),
         )
         self.img_size = img_size
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
 
 # ------------------------------------------------------------------------------------------------

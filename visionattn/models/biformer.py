@@ -37,13 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
 from timm.models import generate_default_cfgs
 
 from ..layers.block import TransformerBlock
 from ..layers.conv import ConvPosEnc
 from ..layers.routing import AttentionLePE, BiLevelRoutingAttention
-from ._backbone import HierarchicalBackbone, Stage, drop_path_rates
+from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights, per_stage
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["BiFormer", "checkpoint_filter_fn"]
@@ -79,25 +78,6 @@ class ConvNormSeq(nn.Sequential):
                     x = F.pad(x, (0, (-W) % sw, 0, (-H) % sh))
             x = layer(x)
         return x.permute(0, 2, 3, 1)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Official init (``BiFormer._init_weights``): trunc-normal .02 Linear weights, zero biases, LN 1/0."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
-def _per_stage(value, n: int, name: str) -> List:
-    if isinstance(value, (list, tuple)):
-        if len(value) != n:
-            raise ValueError(f"{name} must have one entry per stage ({n}); got {value!r}")
-        return list(value)
-    return [value] * n
 
 
 class BiFormer(HierarchicalBackbone):
@@ -158,11 +138,11 @@ class BiFormer(HierarchicalBackbone):
         layer_scale: Optional[float] = None,
     ):
         n = len(depths)
-        dims = [int(d) for d in _per_stage(list(embed_dims), n, "embed_dims")]
-        mlp_ratios = _per_stage(mlp_ratio, n, "mlp_ratio")
-        regions = _per_stage(num_regions, n, "num_regions")
-        topks = _per_stage(list(topks), n, "topks")
-        qk_dims = dims if qk_dims is None else _per_stage(list(qk_dims), n, "qk_dims")
+        dims = [int(d) for d in per_stage(list(embed_dims), n, "embed_dims")]
+        mlp_ratios = per_stage(mlp_ratio, n, "mlp_ratio")
+        regions = per_stage(num_regions, n, "num_regions")
+        topks = per_stage(list(topks), n, "topks")
+        qk_dims = dims if qk_dims is None else per_stage(list(qk_dims), n, "qk_dims")
         for t in topks:
             if not (t > 0 or t == -2):
                 raise ValueError(f"topks entries must be > 0 (routing attention) or -2 (global attention with LePE); got {topks}")
@@ -221,7 +201,7 @@ class BiFormer(HierarchicalBackbone):
             no_weight_decay_keywords=(),
         )
         self.layout = layout
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -50,13 +50,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
 from timm.models import generate_default_cfgs
 
 from ..layers.block import TransformerBlock
 from ..layers.conv import ConvDownsampler
 from ..layers.cross_shaped import CrossShapedWindowAttention
-from ._backbone import HierarchicalBackbone, Stage, drop_path_rates
+from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["CSWin", "CSWinStem", "checkpoint_filter_fn", "load_official_checkpoint"]
@@ -82,17 +81,6 @@ class CSWinStem(nn.Module):
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph))
         return self.norm(self.conv(x).permute(0, 2, 3, 1))
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Official init: truncated normal (std .02) linear weights, zero biases, unit LayerNorms; convs keep defaults."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 class CSWin(HierarchicalBackbone):
@@ -200,7 +188,7 @@ class CSWin(HierarchicalBackbone):
         self.img_size = img_size
         self.prefer_ema = prefer_ema
         self.pretrained_state_key: Optional[str] = None
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -35,25 +35,17 @@ from typing import Dict, Sequence
 import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import LayerNorm2d, NormMlpClassifierHead, trunc_normal_
+from timm.layers import LayerNorm2d, NormMlpClassifierHead
 from timm.models import generate_default_cfgs
 
 from ..layers.block import TransformerBlock
 from ..layers.channel import ChannelGroupAttention
 from ..layers.conv import ConvLNStem, ConvPosEnc, LNConvDownsample
 from ..layers.window import WindowAttention
-from ._backbone import HierarchicalBackbone, Stage, drop_path_rates
+from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["DaViT", "checkpoint_filter_fn"]
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Official init: truncated normal (std .02) linear weights, zero biases."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
 
 
 class DaViT(HierarchicalBackbone):
@@ -128,7 +120,7 @@ class DaViT(HierarchicalBackbone):
             head=head,
         )
         self.window_size = window_size
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -36,25 +36,17 @@ from typing import Dict, Sequence, Tuple, Union
 import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import LayerNorm2d, NormMlpClassifierHead, get_act_layer, to_2tuple, trunc_normal_
+from timm.layers import LayerNorm2d, NormMlpClassifierHead, get_act_layer, to_2tuple
 from timm.models import generate_default_cfgs
 
 from ..layers.block import TransformerBlock
 from ..layers.conv import ConvBNStem, MBConv
 from ..layers.pos import resize_rel_pos_table
 from ..layers.window import WindowAttention
-from ._backbone import HierarchicalBackbone, Stage, drop_path_rates
+from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["MaxViT", "checkpoint_filter_fn"]
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Truncated normal (std .02) linear weights, zero biases (convs and norms keep defaults)."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
 
 
 class MaxViT(HierarchicalBackbone):
@@ -156,7 +148,7 @@ class MaxViT(HierarchicalBackbone):
             stem_feature=(stem_width, 2),
         )
         self.window_size = window_size
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
 from timm.models import generate_default_cfgs
 
 from ..layers.block import TransformerBlock
@@ -37,31 +36,12 @@ from ..layers.conv import ConvDownsampler, ConvTokenizer, PatchEmbed, PatchMergi
 from ..layers.neighborhood import NeighborhoodAttention2d
 from ..layers.pos import relative_position_index
 from ..layers.window import WindowAttention
-from ._backbone import HierarchicalBackbone, Stage, drop_path_rates
+from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights, per_stage
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["NAT", "NATIsotropic", "checkpoint_filter_fn"]
 
 IntOrSeq = Union[int, Sequence[int]]
-
-
-def _per_stage(value, n: int, name: str) -> List:
-    if isinstance(value, (list, tuple)):
-        if len(value) != n:
-            raise ValueError(f"{name} must have one entry per stage ({n}); got {value!r}")
-        return list(value)
-    return [value] * n
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Official init: truncated normal (std .02) linear weights, zero biases; convs keep defaults."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 class NAT(HierarchicalBackbone):
@@ -113,11 +93,11 @@ class NAT(HierarchicalBackbone):
         backend: str = "auto",
     ):
         n = len(depths)
-        num_heads = _per_stage(num_heads, n, "num_heads")
-        kernel_sizes = _per_stage(kernel_size, n, "kernel_size")
+        num_heads = per_stage(num_heads, n, "num_heads")
+        kernel_sizes = per_stage(kernel_size, n, "kernel_size")
         if dilations is None:
             dilations = [[1] * d for d in depths]
-        dilations = [list(x) for x in _per_stage(dilations, n, "dilations")]
+        dilations = [list(x) for x in per_stage(dilations, n, "dilations")]
         for i, (d, dl) in enumerate(zip(depths, dilations)):
             if len(dl) != d:
                 raise ValueError(f"dilations[{i}] has {len(dl)} entries but stage {i} has {d} blocks")
@@ -158,7 +138,7 @@ class NAT(HierarchicalBackbone):
             min_input_size=4 * 2 ** (n - 1),
         )
         self.layout = layout
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
 
 class NATIsotropic(HierarchicalBackbone):
@@ -223,7 +203,7 @@ class NATIsotropic(HierarchicalBackbone):
             min_input_size=16,
         )
         self.attention = attention
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
 
 # ------------------------------------------------------------------------------------------------
