@@ -377,6 +377,7 @@ def test_davit_official_layout_converts(davit_tiny_pair):
     [
         ("maxvit_large", "maxvit_large_tf_224"),
         ("maxvit_large_512", "maxvit_large_tf_512"),
+        ("maxvit_xlarge", "maxvit_xlarge_tf_224"),
         ("maxvit_xlarge_384", "maxvit_xlarge_tf_384"),
         ("maxvit_base_512", "maxvit_base_tf_512"),
         ("davit_large_va", "davit_large"),
@@ -463,7 +464,7 @@ def test_contract_small(name, kw, taps):
 
 def test_names_and_cfgs():
     ours = sorted(set(maxvit.default_cfgs) | set(davit.default_cfgs))
-    assert len(ours) == 20 and all(timm.is_model(n) for n in ours)
+    assert len(ours) == 21 and all(timm.is_model(n) for n in ours)
     assert all(n.endswith("_va") for n in davit.default_cfgs)
     for n in ours:
         cfg = timm.models.get_pretrained_cfg(n).to_dict()
@@ -471,9 +472,9 @@ def test_names_and_cfgs():
             assert cfg.get(key) not in (None, ""), (n, key)
         assert cfg["pool_size"] == (cfg["input_size"][1] // 32, cfg["input_size"][2] // 32)
     tags = [t for t in timm.list_pretrained() if t.split(".")[0] in ours]
-    # every timm tag of the TF MaxViT ports (but xlarge 224, not one of ours) and of davit_{tiny,small,base}
-    timm_tags = [t for t in timm.list_pretrained("maxvit_*_tf_*") if "xlarge_tf_224" not in t] + [t for t in timm.list_pretrained("davit_*.msft_in1k") if "_va." not in t]
-    assert len(tags) == len(timm_tags) == 23
+    # every timm tag of the TF MaxViT ports and of davit_{tiny,small,base}
+    timm_tags = timm.list_pretrained("maxvit_*_tf_*") + [t for t in timm.list_pretrained("davit_*.msft_in1k") if "_va." not in t]
+    assert len(tags) == len(timm_tags) == 24
     hub_ids = {timm.models.get_pretrained_cfg(t).hf_hub_id for t in tags}
     assert hub_ids == {"timm/" + t for t in timm_tags}
     for t in tags:  # data settings as timm's cfg of the same weights

@@ -234,6 +234,7 @@ def _tags() -> Dict[str, Dict]:
                 cfgs[f"maxvit_{name}_{size}.in21k_ft_in1k"] = _cfg(
                     f"timm/maxvit_{name}_tf_{size}.in21k_ft_in1k", f"{tf}/i21k_i1k/{size}", size
                 )
+    cfgs["maxvit_xlarge.in21k"] = _cfg("timm/maxvit_xlarge_tf_224.in21k", "maxvitxlarge/i21k_pt/224", 224, num_classes=21843)
     for size in (384, 512):
         cfgs[f"maxvit_xlarge_{size}.in21k_ft_in1k"] = _cfg(
             f"timm/maxvit_xlarge_tf_{size}.in21k_ft_in1k", f"maxvitxlarge/i21k_i1k/{size}", size
@@ -331,6 +332,12 @@ def maxvit_large_384(pretrained: bool = False, **kwargs) -> MaxViT:
 def maxvit_large_512(pretrained: bool = False, **kwargs) -> MaxViT:
     """MaxViT-L 512: 212.3M params, 244.8 GMACs, 86.70 top-1 (IN-1k); 88.24 (IN-21k fine-tuned, timm)."""
     return _create("maxvit_large_512", pretrained, _LARGE, 512, kwargs)
+
+
+@register_model
+def maxvit_xlarge(pretrained: bool = False, **kwargs) -> MaxViT:
+    """MaxViT-XL 224 (IN-21k pre-trained, 21,843-class head): 475.0M params with a 1k head."""
+    return _create("maxvit_xlarge", pretrained, _XLARGE, 224, kwargs)
 
 
 @register_model
