@@ -46,14 +46,27 @@ def list_models(pattern: str = "") -> List[str]:
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
 
-def build_model(model_cls, variant: str, pretrained: bool, filter_fn: Callable, out_indices: Tuple[int, ...], **kwargs):
-    """``timm.models.build_model_with_cfg`` with our defaults (strict filter, ``'getter'`` features)."""
+def build_model(
+    model_cls,
+    variant: str,
+    pretrained: bool,
+    filter_fn: Callable,
+    defaults: Optional[Mapping] = None,
+    kwargs: Optional[Mapping] = None,
+    out_indices: Tuple[int, ...] = (0, 1, 2, 3),
+):
+    """Build a registered variant: ``defaults`` (the paper's config) overridden by the user's
+    ``kwargs``, through timm's ``build_model_with_cfg`` with our strict ``filter_fn`` and
+    ``features_only`` served by ``forward_intermediates`` (``feature_cls='getter'``; the user may
+    pass ``out_indices``, default ``out_indices``)."""
+    kwargs = {**(defaults or {}), **(kwargs or {})}
+    taps = kwargs.pop("out_indices", out_indices)
     return build_model_with_cfg(
         model_cls,
         variant,
         pretrained,
         pretrained_filter_fn=filter_fn,
-        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices, feature_cls="getter"),
+        feature_cfg=dict(flatten_sequential=True, out_indices=taps, feature_cls="getter"),
         **kwargs,
     )
 

@@ -736,8 +736,7 @@ _CS_B = dict(embed_dim=96, depths=(3, 6, 29, 2), num_heads=(4, 8, 16, 32), split
 
 
 def _create(cls, variant: str, pretrained: bool, defaults: Dict, kwargs: Dict, out_indices=(0, 1, 2, 3)):
-    kwargs = {**defaults, **kwargs}
-    return build_model(cls, variant, pretrained, checkpoint_filter_fn, kwargs.pop("out_indices", out_indices), **kwargs)
+    return build_model(cls, variant, pretrained, checkpoint_filter_fn, defaults, kwargs, out_indices)
 
 
 _DEIT_TAPS = (2, 5, 8, 11)

@@ -328,9 +328,7 @@ _STL = dict(embed_dims=(96, 192, 384, 768), depths=(2, 2, 6, 2), mlp_ratio=4.0, 
 
 
 def _create(variant: str, pretrained: bool, defaults: Dict, kwargs: Dict) -> BiFormer:
-    kwargs = {**defaults, **kwargs}
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model(BiFormer, variant, pretrained, checkpoint_filter_fn, out_indices, **kwargs)
+    return build_model(BiFormer, variant, pretrained, checkpoint_filter_fn, defaults, kwargs)
 
 
 @register_model

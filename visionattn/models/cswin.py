@@ -374,9 +374,7 @@ _AT384 = dict(split_size=(1, 2, 12, 12), img_size=384)
 
 
 def _cswin(variant: str, pretrained: bool, defaults: Dict, kwargs: Dict) -> CSWin:
-    kwargs = {**defaults, **kwargs}
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model(CSWin, variant, pretrained, checkpoint_filter_fn, out_indices, **kwargs)
+    return build_model(CSWin, variant, pretrained, checkpoint_filter_fn, defaults, kwargs)
 
 
 @register_model

@@ -240,9 +240,7 @@ _GIANT = dict(depths=(1, 1, 12, 3), embed_dims=(384, 768, 1536, 3072), num_heads
 
 
 def _create(variant: str, pretrained: bool, defaults: Dict, kwargs: Dict) -> DaViT:
-    kwargs = {**defaults, **kwargs}
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model(DaViT, variant, pretrained, checkpoint_filter_fn, out_indices, **kwargs)
+    return build_model(DaViT, variant, pretrained, checkpoint_filter_fn, defaults, kwargs)
 
 
 @register_model

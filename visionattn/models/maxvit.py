@@ -256,10 +256,7 @@ _XLARGE = dict(embed_dim=(192, 384, 768, 1536), depths=(2, 6, 14, 2), stem_width
 
 
 def _create(variant: str, pretrained: bool, defaults: Dict, size: int, kwargs: Dict) -> MaxViT:
-    kwargs = {**defaults, **kwargs}
-    kwargs.setdefault("img_size", size)
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3, 4))
-    return build_model(MaxViT, variant, pretrained, checkpoint_filter_fn, out_indices, **kwargs)
+    return build_model(MaxViT, variant, pretrained, checkpoint_filter_fn, dict(defaults, img_size=size), kwargs, (0, 1, 2, 3, 4))
 
 
 @register_model

@@ -411,13 +411,9 @@ _ISO_S = dict(embed_dim=384, num_heads=12, drop_path_rate=0.1)
 _ISO_B = dict(embed_dim=768, num_heads=24, drop_path_rate=0.4)
 
 
-def _create(variant: str, pretrained: bool = False, cls=NAT, **kwargs):
-    out_indices = (0, 1, 2, 3) if cls is NAT else (2, 5, 8, 11)
-    return build_model(cls, variant, pretrained, checkpoint_filter_fn, kwargs.pop("out_indices", out_indices), **kwargs)
-
-
 def _nat(variant: str, pretrained: bool, defaults: Dict, kwargs: Dict, cls=NAT):
-    return _create(variant, pretrained, cls=cls, **{**defaults, **kwargs})
+    taps = (0, 1, 2, 3) if cls is NAT else (2, 5, 8, 11)
+    return build_model(cls, variant, pretrained, checkpoint_filter_fn, defaults, kwargs, taps)
 
 
 @register_model
