@@ -172,3 +172,21 @@ def test_na_padding_for_small_maps_matches_official():
         x = torch.randn(1, 3, *size)
         with torch.no_grad():
             assert (off(x) - ours(x)).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("attention", ["na", "mhsa"])
+def test_eager_after_export_uses_real_index_tables(attention):
+    """Index tables built while torch.export traces must not be cached for later eager calls."""
+    from visionattn.layers import pos
+    from visionattn.models.nat import NATIsotropic
+    from visionattn.ops import neighborhood
+
+    pos._OFFSET_CACHE.clear()
+    neighborhood._PLAN_DEVICE_CACHE.clear()
+    m = NATIsotropic(embed_dim=32, depth=2, num_heads=2, attention=attention, dilation=2, img_size=64).eval()
+    x = torch.randn(1, 3, 80, 112)
+    ep = torch.export.export(m, (x,))  # first use of both caches happens while tracing
+    with torch.no_grad():
+        eager = m(x)
+        assert type(eager) is torch.Tensor and torch.isfinite(eager).all()
+        torch.testing.assert_close(ep.module()(x), eager)

@@ -7,25 +7,43 @@ buffer is Swin's ``relative_position_index`` flipped on both axes): a table of s
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ..ops._trace import is_tracing
+
 __all__ = ["relative_position_bias", "relative_position_index", "resize_rel_pos_table"]
 
 
-@lru_cache(maxsize=64)
-def _rel_offsets(h: int, w: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    r = torch.arange(h, device="cpu")
-    c = torch.arange(w, device="cpu")
-    return (r[None, :] - r[:, None] + h - 1), (c[None, :] - c[:, None] + w - 1)
+def _offsets(n: int):
+    """``off[i][k] = k - i + n - 1`` (key minus query, shifted to ``0..2n-2``) as nested ints."""
+    return [[k - i + n - 1 for k in range(n)] for i in range(n)]
+
+
+_OFFSET_CACHE: dict = {}
+
+
+def _rel_offsets(h: int, w: int, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Row and column offset tables ``(h, h)``, ``(w, w)`` on ``like.device`` (cached per device,
+    except while tracing, so that no traced tensor enters the cache)."""
+    key = (h, w, str(like.device))
+    tracing = is_tracing(like)
+    out = None if tracing else _OFFSET_CACHE.get(key)
+    if out is None:
+        out = tuple(torch.tensor(_offsets(n), dtype=torch.long, device=like.device) for n in (h, w))
+        if not tracing:
+            if len(_OFFSET_CACHE) > 256:
+                _OFFSET_CACHE.clear()
+            _OFFSET_CACHE[key] = out
+    return out
 
 
 def relative_position_index(h: int, w: int) -> torch.Tensor:
-    """Flat index ``(h*w, h*w)`` into a flattened ``(2h-1) * (2w-1)`` table (key minus query)."""
-    dr, dc = _rel_offsets(h, w)
+    """Flat index ``(h*w, h*w)`` (CPU, int64) into a flattened ``(2h-1) * (2w-1)`` table (key minus query)."""
+    dr = torch.tensor(_offsets(h), dtype=torch.long, device="cpu")
+    dc = torch.tensor(_offsets(w), dtype=torch.long, device="cpu")
     return (dr[:, None, :, None] * (2 * w - 1) + dc[None, :, None, :]).reshape(h * w, h * w)
 
 
@@ -48,6 +66,5 @@ def relative_position_bias(table: torch.Tensor, h: int, w: int) -> torch.Tensor:
         h, w: map size in tokens.
     """
     table = resize_rel_pos_table(table, (2 * h - 1, 2 * w - 1))
-    dr, dc = _rel_offsets(h, w)
-    dr, dc = dr.to(table.device), dc.to(table.device)
+    dr, dc = _rel_offsets(h, w, table)
     return table[:, dr[:, None, :, None], dc[None, :, None, :]].reshape(table.shape[0], h * w, h * w)

@@ -33,6 +33,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from ._trace import is_tracing
+
 __all__ = [
     "na2d",
     "na2d_reference",
@@ -270,17 +272,11 @@ def _axis_plan(length: int, kernel_size: int, dilation: int, tile: int):
 _PLAN_DEVICE_CACHE: dict = {}
 
 
-def _is_tracing(x: torch.Tensor) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return torch.compiler.is_compiling() or isinstance(x, FakeTensor) or torch.jit.is_tracing()
-
-
 def _axis_plan_on(length: int, kernel_size: int, dilation: int, tile: int, like: torch.Tensor):
     """Plan tensors on ``like.device``; cached per device except while tracing (export/compile),
     where fresh constants are made so that no fake tensor ever enters the cache."""
     key = (length, kernel_size, dilation, tile, str(like.device))
-    tracing = _is_tracing(like)
+    tracing = is_tracing(like)
     plan = None if tracing else _PLAN_DEVICE_CACHE.get(key)
     if plan is None:
         q_idx, k_idx, inv_idx, off, n, T, halo = _axis_plan(length, kernel_size, dilation, tile)
