@@ -157,7 +157,8 @@ def test_variant_configs_match_the_official_tables():
     assert not hasattr(ds.stages[0].blocks[0].ls1, "gamma")
     cfg = timm.models.get_pretrained_cfg("dinat_large_384")
     assert cfg.input_size == (3, 384, 384) and cfg.crop_pct == 1.0
-    assert timm.models.get_pretrained_cfg("dinat_large").num_classes in (1000, 21841)
+    assert timm.models.get_pretrained_cfg("dinat_large.in22k_ft_in1k").num_classes == 1000
+    assert timm.models.get_pretrained_cfg("dinat_large.in22k").num_classes == 21841
 
 
 def test_na_padding_for_small_maps_matches_official():
