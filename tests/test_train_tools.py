@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools import train as train_tool  # noqa: E402
-from tools import validate as validate_tool  # noqa: E402
+from visionattn.tools import train as train_tool  # noqa: E402
+from visionattn.tools import validate as validate_tool  # noqa: E402
 
 CIFAR10 = ROOT / ".." / "shared" / "data" / "cifar10"
 # A DiNAT shrunk to ~1.8M parameters (the demo's), written as the CLI takes it.
