@@ -27,10 +27,10 @@ CIFAR10 = ROOT / ".." / "shared" / "data" / "cifar10"
 TINY_DINAT = ["--model", "dinat_mini", "--model-kwargs", "embed_dim=32", "depths=[2,2,2,2]", "num_heads=[1,2,4,8]",
               "kernel_size=3", "dilations=[[1,2],[1,1],[1,1],[1,1]]", "mlp_ratio=2.0"]
 # A short demo run: 10 updates per epoch; drop path and the random-shift augmentation keep the
-# torch RNG busy so that resuming has to restore it.
+# torch RNG busy so that resuming has to restore it; the EMA must be restored too.
 SHORT_DEMO = ["--demo", "--max-train-samples", "320", "--max-val-samples", "100", "--epochs", "3",
               "--batch-size", "32", "--lr", "2e-3", "--warmup-epochs", "1", "--drop-path", "0.1",
-              "--workers", "0", "--seed", "3", "--no-progress"]
+              "--workers", "0", "--seed", "3", "--no-progress", "--model-ema", "--model-ema-decay", "0.9"]
 METRIC_COLUMNS = ("epoch", "num_updates", "lr", "train_loss", "val_loss", "top1", "top5")
 
 
@@ -140,7 +140,8 @@ def test_resume_after_kill_reproduces_uninterrupted_run(short_demo_run, tmp_path
 
     ckpt = torch.load(out / "last.pth.tar", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["num_updates"] == 10
-    assert {"model", "optimizer", "scheduler", "scaler", "rng", "args"} <= set(ckpt)
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "args", "model_ema"} <= set(ckpt)
+    assert ckpt["model_ema"] is not None
     assert {"python", "numpy", "torch", "data"} <= set(ckpt["rng"])
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())  # atomic writes leave no debris
 
@@ -150,10 +151,12 @@ def test_resume_after_kill_reproduces_uninterrupted_run(short_demo_run, tmp_path
     assert resumed["final"] == ref["final"]
     assert resumed["num_updates"] == ref["num_updates"] == 30
     assert _log_metrics(out) == _log_metrics(ref_dir)
-    w_ref, w_res = load_file(ref_dir / "model.safetensors"), load_file(out / "model.safetensors")
-    assert w_ref.keys() == w_res.keys()
-    for k in w_ref:
-        assert torch.equal(w_ref[k], w_res[k]), k
+    assert resumed["ema_final"] == ref["ema_final"]
+    for name in ("model.safetensors", "ema/model.safetensors"):
+        w_ref, w_res = load_file(ref_dir / name), load_file(out / name)
+        assert w_ref.keys() == w_res.keys()
+        for k in w_ref:
+            assert torch.equal(w_ref[k], w_res[k]), (name, k)
 
 
 def test_validate_matches_trainer_final_evaluation(short_demo_run):
@@ -186,3 +189,212 @@ def test_output_reuse_needs_overwrite(tmp_path, capsys):
     summary = train_tool.main(args + ["--overwrite"])
     assert summary["epochs"] == 1 and (out / "model.safetensors").is_file()
     assert (out / "notes.txt").is_file()  # --overwrite only replaces the run's own artefacts
+
+
+# --------------------------------------------------------------------------------------------
+# Training-loop pieces checked against values computed another way
+# --------------------------------------------------------------------------------------------
+def _toy_batches(n_batches: int, batch: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 6, generator=g), torch.randint(0, 3, (batch,), generator=g))
+            for _ in range(n_batches)]
+
+
+def _sgd_and_constant_schedule(model, lr=0.1):
+    from timm.scheduler import create_scheduler_v2
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    sched, _ = create_scheduler_v2(opt, sched="step", num_epochs=10, decay_epochs=100, decay_rate=1.0,
+                                   warmup_epochs=0, step_on_epochs=False, updates_per_epoch=10)
+    return opt, sched
+
+
+def test_ema_equals_hand_computed_average():
+    """After N updates the EMA weights equal e_1 = p_1, e_k = d e_(k-1) + (1 - d) p_k over the weights
+    p_k seen after each optimizer step (timm's ModelEmaV3 uses decay 0 at step 1, i.e. copies)."""
+    from timm.utils import ModelEmaV3
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    opt, sched = _sgd_and_constant_schedule(model)
+    ema = train_tool.ModelEmaV3(model, decay=0.6)
+    assert isinstance(ema, ModelEmaV3)
+    seen = []
+    opt.register_step_post_hook(lambda *_: seen.append([p.detach().clone() for p in model.parameters()]))
+    train_tool.train_one_epoch(model, _toy_batches(5, 4), opt, sched, torch.nn.CrossEntropyLoss(),
+                               device=torch.device("cpu"), epoch=0, epochs=1, num_updates=0, progress=False,
+                               model_ema=ema)
+    assert len(seen) == 5
+    expected = seen[0]
+    for params in seen[1:]:
+        expected = [0.6 * e + 0.4 * p for e, p in zip(expected, params)]
+    for e, p in zip(expected, ema.module.parameters()):
+        torch.testing.assert_close(p, e, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(list(ema.module.parameters())[0], seen[-1][0])  # it is an average, not a copy
+
+
+def test_gradient_accumulation_equals_one_large_batch():
+    """Two micro-batches of 4 with --grad-accum-steps 2 give the same update as one batch of 8 for a
+    model without batch statistics (each micro-loss is divided by 2)."""
+    data = _toy_batches(2, 4, seed=1)
+    big = [(torch.cat([data[0][0], data[1][0]]), torch.cat([data[0][1], data[1][1]]))]
+    results = []
+    for loader, accum in ((big, 1), (data, 2)):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.GELU(), torch.nn.Linear(8, 3))
+        opt, sched = _sgd_and_constant_schedule(model, lr=0.5)
+        stats = train_tool.train_one_epoch(model, loader, opt, sched, torch.nn.CrossEntropyLoss(),
+                                           device=torch.device("cpu"), epoch=0, epochs=1, num_updates=0,
+                                           progress=False, grad_accum_steps=accum)
+        assert stats["num_updates"] == 1 and stats["samples"] == 8
+        results.append((stats, [p.detach().clone() for p in model.parameters()]))
+    (s1, w1), (s2, w2) = results
+    assert s1["loss"] == pytest.approx(s2["loss"], rel=1e-6)
+    torch.manual_seed(0)
+    init = [p.detach() for p in torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.GELU(),
+                                                    torch.nn.Linear(8, 3)).parameters()]
+    assert not torch.allclose(w1[0], init[0])  # the update did move the weights
+    for a, b in zip(w1, w2):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_layer_decay_scales_follow_model_depth():
+    """With --layer-decay d the tiny DiNAT has 10 layers in depth order -- stem, 4 stages x 2 blocks (a
+    stage's downsample going with its first block, the final norm with the last block), head -- and
+    layer i gets lr scale d**(9 - i), computed here from the parameter names. The 1-D parameters and
+    the model's no_weight_decay() names (rpb tables) get no weight decay."""
+    import re
+    model = train_tool.create_model("dinat_mini", 10, train_tool.DEMO_KWARGS)
+    args = train_tool.argparse.Namespace(opt="adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.5)
+    opt = train_tool.build_optimizer(model, args)
+    d, names = 0.5, {id(p): n for n, p in model.named_parameters()}
+    checked = 0
+    for group in opt.param_groups:
+        for p in group["params"]:
+            name = names[id(p)]
+            m = re.match(r"stages\.(\d)\.(?:blocks\.(\d)|downsample)", name)
+            if name.startswith("stem"):
+                layer = 0
+            elif m:
+                layer = 1 + 2 * int(m.group(1)) + int(m.group(2) or 0)
+            else:
+                assert name.startswith(("norm", "head")), name
+                layer = 8 if name.startswith("norm") else 9
+            assert group["lr_scale"] == pytest.approx(d ** (9 - layer)), name
+            no_wd = p.ndim <= 1 or name.endswith("rpb")
+            assert group["weight_decay"] == (0.0 if no_wd else 0.05), name
+            checked += 1
+    assert checked == len(list(model.parameters()))
+    # the scheduler applies the scales: after a step every group's lr is lr * lr_scale
+    from timm.scheduler import create_scheduler_v2
+    sched, _ = create_scheduler_v2(opt, sched="cosine", num_epochs=2, warmup_epochs=0, min_lr=0.0,
+                                   step_on_epochs=False, updates_per_epoch=4)
+    sched.step_update(num_updates=0)
+    for group in opt.param_groups:
+        assert group["lr"] == pytest.approx(1e-3 * group["lr_scale"])
+
+
+def test_mixup_targets_are_soft_and_training_runs(tmp_path):
+    args, _ = train_tool.resolve_args(["--demo", "--mixup", "0.8", "--cutmix", "1.0", "--smoothing", "0.1",
+                                       "--output", str(tmp_path / "unused")])
+    mixup = train_tool.build_mixup(args, 10)
+    assert isinstance(train_tool.build_loss(args.smoothing, mixup=True), train_tool.SoftTargetCrossEntropy)
+    np.random.seed(0)
+    images, targets = torch.randn(8, 3, 16, 16), torch.arange(8) % 10
+    mixed, soft = mixup(images.clone(), targets)
+    assert soft.shape == (8, 10) and mixed.shape == images.shape
+    torch.testing.assert_close(soft.sum(1), torch.ones(8))
+    assert soft.max() < 1.0 - 0.01  # smoothed and mixed, never one-hot
+    assert not torch.equal(mixed, images)
+    with pytest.raises(train_tool.UsageError, match="even --batch-size"):
+        train_tool.resolve_args(["--demo", "--mixup", "0.8", "--batch-size", "31"])
+    summary = train_tool.main(["--demo", "--max-train-samples", "64", "--max-val-samples", "20", "--epochs", "1",
+                               "--batch-size", "16", "--warmup-epochs", "0", "--mixup", "0.8", "--cutmix", "1.0",
+                               "--aug-repeats", "2", "--no-progress", "--output", str(tmp_path / "mix")])
+    assert summary["num_updates"] == 4 and np.isfinite(summary["final"]["loss"])
+    for name in ("log.json", "summary.txt", "curves.png"):
+        assert (tmp_path / "mix" / name).stat().st_size > 0
+    assert (tmp_path / "mix" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fine_tune_starts_reset_the_head(short_demo_run, tmp_path):
+    """--initial-checkpoint and --pretrained-path load every backbone tensor and re-initialise a
+    classifier of another class count."""
+    out, _ = short_demo_run
+    ckpt = torch.load(out / "last.pth.tar", map_location="cpu", weights_only=True)
+    model = train_tool.create_model("dinat_mini", 5, train_tool.DEMO_KWARGS)
+    info = train_tool.load_initial_checkpoint(model, out / "last.pth.tar")
+    assert sorted(info["skipped"]) == ["head.fc.bias", "head.fc.weight"]
+    sd = model.state_dict()
+    assert sd["head.fc.weight"].shape[0] == 5
+    assert all(torch.equal(sd[k], v) for k, v in ckpt["model"].items() if not k.startswith("head.fc"))
+    train_tool.load_initial_checkpoint(model, out / "last.pth.tar", use_ema=True)
+    assert torch.equal(model.state_dict()["stem.proj.0.weight"], ckpt["model_ema"]["stem.proj.0.weight"])
+    weights = load_file(out / "model.safetensors")
+    for n_classes in (5, 10):
+        m = train_tool.create_model("dinat_mini", n_classes, train_tool.DEMO_KWARGS,
+                                    pretrained_path=out / "model.safetensors")
+        sd = m.state_dict()
+        assert torch.equal(sd["stages.2.blocks.1.attn.qkv.weight"], weights["stages.2.blocks.1.attn.qkv.weight"])
+        assert torch.equal(sd["head.fc.weight"], weights["head.fc.weight"]) == (n_classes == 10)
+    # a training checkpoint as --pretrained-path is read with weights_only and unwrapped
+    m = train_tool.create_model("dinat_mini", 10, train_tool.DEMO_KWARGS, pretrained_path=out / "last.pth.tar")
+    assert torch.equal(m.state_dict()["head.fc.weight"], ckpt["model"]["head.fc.weight"])
+
+
+def test_validate_halves_the_batch_on_out_of_memory(short_demo_run, monkeypatch):
+    out, summary = short_demo_run
+    real = validate_tool.evaluate
+    sizes = []
+
+    def oom_above_8(model, loader, *args, **kwargs):
+        sizes.append(loader.batch_size)
+        if loader.batch_size > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return real(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(validate_tool, "evaluate", oom_above_8)
+    res = validate_tool.main(["--checkpoint", str(out / "last.pth.tar"), "--no-progress", "--batch-size", "32"])
+    assert sizes == [32, 16, 8] and res["batch_size"] == 8
+    assert (res["top1"], res["top5"]) == (summary["final"]["top1"], summary["final"]["top5"])
+    with pytest.raises(torch.OutOfMemoryError):
+        validate_tool.main(["--checkpoint", str(out / "last.pth.tar"), "--no-progress", "--batch-size", "32",
+                            "--no-retry"])
+
+
+def test_validate_several_resolutions_and_ema(short_demo_run, tmp_path):
+    out, summary = short_demo_run
+    res = validate_tool.main(["--checkpoint", str(out / "last.pth.tar"), "--no-progress", "--img-size", "32", "40",
+                              "--results-csv", str(tmp_path / "r.csv"), "--results-file", str(tmp_path / "r.json")])
+    rows = res["by_resolution"]
+    assert [r["img_size"] for r in rows] == [32, 40]
+    assert rows[0]["top1"] == summary["final"]["top1"] and rows[0]["count"] == rows[1]["count"] == 100
+    with open(tmp_path / "r.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["img_size"]) for r in table] == [32, 40]
+    assert float(table[1]["top1"]) == rows[1]["top1"]
+    assert json.loads((tmp_path / "r.json").read_text())["by_resolution"][1]["img_size"] == 40
+    ema = validate_tool.main(["--checkpoint", str(out / "last.pth.tar"), "--no-progress", "--use-ema"])
+    assert ema["top1"] == summary["ema_final"]["top1"]
+
+
+def test_validate_local_dir_folder(short_demo_run):
+    out, summary = short_demo_run
+    res = validate_tool.main(["--model", f"local-dir:{out}", "--demo", "--max-val-samples", "100",
+                              "--batch-size", "32", "--no-progress"])
+    assert res["num_classes"] == 10 and (res["top1"], res["count"]) == (summary["final"]["top1"], 100)
+
+
+def test_timm_dataset_factory_reader(tmp_path):
+    """--dataset goes to timm.data.create_dataset (here torchvision's ImageFolder via torch/folder);
+    the classes come from the dataset and the held-out subset is the one validate.py rebuilds."""
+    if not CIFAR10.is_dir():
+        pytest.skip(f"CIFAR-10 class folders not found at {CIFAR10.resolve()} (developer machines and CI only)")
+    out = tmp_path / "tv"
+    summary = train_tool.main(TINY_DINAT + [
+        "--dataset", "torch/folder", "--data-dir", str(CIFAR10), "--val-split", "test", "--img-size", "32",
+        "--max-train-samples", "64", "--max-val-samples", "30", "--epochs", "1", "--batch-size", "32",
+        "--warmup-epochs", "0", "--aa", "rand-m9-mstd0.5-inc1", "--reprob", "0.25", "--no-progress",
+        "--output", str(out)])
+    assert summary["num_classes"] == 10 and summary["held_out_samples"] == 30 and summary["num_updates"] == 2
+    assert json.loads((out / "config.json").read_text())["label_names"][0] == "airplane"
+    res = validate_tool.main(["--checkpoint", str(out / "last.pth.tar"), "--no-progress"])
+    assert (res["top1"], res["count"]) == (summary["final"]["top1"], 30)

@@ -1,75 +1,102 @@
 #!/usr/bin/env python3
-"""Top-1/top-5 accuracy of a classifier on a held-out split.
+"""Top-1/top-5 accuracy of a classifier on a held-out split, at one or several resolutions.
 
-The model comes from ``--model`` (any name registered with timm or by visionattn) plus
+The model comes from ``--model`` (any name registered with timm or by visionattn, an
+``hf-hub:org/repo`` id or a ``local-dir:PATH`` folder, both through timm) plus, optionally,
 ``--checkpoint``:
 
 * a training checkpoint (``.pth.tar``/``.pth``/``.pt``) written by ``tools/train.py`` (or timm's
   ``train.py``), read with ``torch.load(weights_only=True)``; its recorded arguments supply the
   defaults (model, kwargs, classes, data source, input size, batch size), so
-  ``validate.py --checkpoint runs/demo/last.pth.tar`` needs nothing else;
+  ``validate.py --checkpoint runs/demo/last.pth.tar`` needs nothing else; ``--use-ema`` takes
+  its EMA weights;
 * a ``.safetensors`` file; a timm ``config.json`` beside it (as ``save_for_hf`` writes it)
   supplies the architecture, constructor args, class names and preprocessing.
 
-The data are class folders (``--data-dir DIR``, split ``--split`` or the first of ``val``,
-``validation``, ``valid``, ``eval``, ``evaluation``, ``test``) or ``--demo``, the held-out part
-of scikit-learn's digits exactly as ``tools/train.py`` splits it. Preprocessing follows the
-model's pretrained cfg (the checkpoint's own data config when it has one), overridable by
-``--img-size``, ``--crop-pct``, ``--interpolation``, ``--mean``, ``--std``.
+Without a checkpoint the model's timm pretrained weights are used (``--pretrained [TAG]``).
+The weights are always loaded through timm's pretrained path (``pretrained_cfg_overlay``), so
+the model's own ``checkpoint_filter_fn`` adapts them to another ``--img-size``.
 
-Prints the results as JSON and writes them to ``--results-file`` when given::
+The data are class folders (``--data-dir DIR``, split ``--split`` or the first of ``val``,
+``validation``, ``valid``, ``eval``, ``evaluation``, ``test``), any other timm reader
+(``--dataset torch/cifar10``, ``hfds/<id>``, ``wds/...``; ``--split`` default ``validation``),
+or ``--demo``, the held-out part of scikit-learn's digits exactly as ``tools/train.py`` splits
+it. Preprocessing follows the model's pretrained cfg (the checkpoint's own data config when it
+has one), overridable by ``--img-size``, ``--crop-pct``, ``--interpolation``, ``--mean``, ``--std``.
+``--img-size 224 256 288`` (or ``--resolutions``) evaluates at each size and prints one table.
+On an out-of-memory error the batch size is halved and the evaluation retried (``--no-retry``).
+
+Prints the results as JSON and writes them to ``--results-file`` (JSON, or CSV for a ``.csv``
+name) and ``--results-csv`` when given::
 
     python tools/validate.py --checkpoint runs/demo/last.pth.tar
     python tools/validate.py --model dinat_mini --checkpoint run/model.safetensors --data-dir /data/imagenet
+    python tools/validate.py --model hf-hub:timm/maxvit_tiny_tf_224.in1k --data-dir /data/imagenet --img-size 224 288
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
 from safetensors.torch import load_file
 from timm.data import resolve_data_config
+from tqdm import tqdm
 
 import visionattn  # noqa: F401  (registers the zoo's models with timm)
 from visionattn.tools.train import (
     DEMO_NUM_CLASSES, UsageError, _jsonable, atomic_write_text, balanced_subset, build_demo_datasets,
-    build_folder_datasets, create_model, dataset_targets, evaluate, make_loader, parse_model_kwargs, resolve_amp,
+    build_folder_datasets, dataset_targets, evaluate, make_loader, parse_model_kwargs, resolve_amp,
     resolve_device,
 )
 
 DEFAULT_BATCH_SIZE = 128
+#: Columns of the CSV results and of the printed table.
+TABLE_COLUMNS = ("model", "img_size", "crop_pct", "interpolation", "top1", "top5", "loss", "count", "batch_size",
+                 "param_count")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (defaults None where the checkpoint may supply them)."""
     p = argparse.ArgumentParser(description="Top-1/top-5 of a timm/visionattn classifier on a held-out split.")
-    p.add_argument("--model", help="timm model name (default: the one recorded with the checkpoint)")
+    p.add_argument("--model", help="timm model name, hf-hub:org/repo or local-dir:PATH "
+                                   "(default: the one recorded with the checkpoint)")
     p.add_argument("--checkpoint", type=Path, help="training checkpoint (.pth.tar) or weights (.safetensors)")
-    p.add_argument("--pretrained", action="store_true", help="no checkpoint: use timm's pretrained weights")
+    p.add_argument("--use-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
+    p.add_argument("--pretrained", nargs="?", const=True, default=None,
+                   help="no checkpoint: timm's pretrained weights (the default tag, or the tag given)")
     p.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE", default=None,
                    help="constructor kwargs (YAML values), on top of the recorded ones")
     p.add_argument("--num-classes", type=int, help="classifier size (default: recorded, else classes in the split)")
     p.add_argument("--demo", action="store_true", default=None, help="the digits demo's held-out split")
-    p.add_argument("--data-dir", type=Path, help="folder holding the split's class folders")
-    p.add_argument("--split", help="split folder (default: first of val, validation, valid, eval, evaluation, test)")
+    p.add_argument("--data-dir", type=Path, help="dataset root (class folders, or the reader's root)")
+    p.add_argument("--dataset", default="", help="timm dataset name ('' = class folders, torch/..., hfds/..., wds/...)")
+    p.add_argument("--dataset-download", action="store_true", help="let timm's reader download the dataset")
+    p.add_argument("--split", help="split (class folders: first of val, validation, valid, eval, evaluation, test; "
+                                   "other readers: validation)")
     p.add_argument("--max-val-samples", type=int, help="deterministic class-balanced subset (as in train.py)")
-    p.add_argument("--img-size", type=int, help="input size override")
+    p.add_argument("--img-size", "--resolutions", dest="img_size", type=int, nargs="+",
+                   help="input size(s); several give one row per size")
     p.add_argument("--crop-pct", type=float, help="center-crop fraction override")
     p.add_argument("--interpolation", help="resize interpolation override (bilinear, bicubic, ...)")
     p.add_argument("--mean", type=float, nargs="+", help="normalisation mean override")
     p.add_argument("--std", type=float, nargs="+", help="normalisation std override")
     p.add_argument("-b", "--batch-size", type=int, help=f"batch size (default: recorded, else {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--no-retry", action="store_true", help="do not halve the batch size on out-of-memory")
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--threads", type=int, help="CPU intra-op threads, torch.set_num_threads (default: torch's)")
     p.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU; bf16 or fp16 on CUDA)")
     p.add_argument("--amp-dtype", default="auto", choices=("auto", "bfloat16", "float16"))
-    p.add_argument("--results-file", type=Path, help="write the results JSON here (atomically)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    p.add_argument("--results-file", type=Path, help="write the results here, JSON (CSV for a .csv name), atomically")
+    p.add_argument("--results-csv", type=Path, help="also write the per-resolution table as CSV")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
 
@@ -80,14 +107,15 @@ def _strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str = "module.") 
     return state_dict
 
 
-def read_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def read_checkpoint(path: Path, use_ema: bool = False) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """Weights and recorded metadata of a checkpoint.
 
     Returns ``(state_dict, meta)``; ``meta`` may hold ``model``, ``model_kwargs``,
     ``num_classes``, ``data_config``, ``class_to_idx`` and ``train_args`` (whatever the file
     records). ``.safetensors`` files are read with safetensors (metadata from a ``config.json``
     beside them); anything else with ``torch.load(weights_only=True)``, taking the ``model``
-    or ``state_dict`` entry, or the whole file if it is a plain state dict.
+    or ``state_dict`` entry (``model_ema`` / ``state_dict_ema`` with ``use_ema``), or the whole file
+    if it is a plain state dict.
     Raises :class:`UsageError` if the file is missing or holds no state dict.
     """
     path = Path(path)
@@ -111,6 +139,12 @@ def read_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]
                                         else {str(n): int(i) for i, n in names.items()})
         return state_dict, meta
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if use_ema:
+        ema = next((ckpt[k] for k in ("model_ema", "state_dict_ema")
+                    if isinstance(ckpt, dict) and isinstance(ckpt.get(k), dict)), None)
+        if ema is None:
+            raise UsageError(f"--use-ema: {path} holds no model_ema or state_dict_ema entry")
+        ckpt = {**ckpt, "model": ema}
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
         state_dict = ckpt["model"]
     elif isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
@@ -132,37 +166,110 @@ def read_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]
     return _strip_prefix(state_dict), meta
 
 
+def build_model(name: str, num_classes: int, model_kwargs: Dict[str, Any], state_dict: Optional[Dict[str, Any]],
+                pretrained: Any = None, img_size: Optional[int] = None) -> torch.nn.Module:
+    """Create ``name`` through timm and load ``state_dict`` (or timm's pretrained weights when it
+    is None) with the model's ``checkpoint_filter_fn`` (via ``pretrained_cfg_overlay``), so
+    resolution-dependent tensors are adapted to ``img_size``. ``img_size`` is passed only to
+    constructors that take it. Loading is strict: a checkpoint that does not fit raises
+    ``RuntimeError`` naming the missing/unexpected keys."""
+    kwargs = dict(model_kwargs)
+    extra: Dict[str, Any] = {}
+    if state_dict is not None:
+        extra["pretrained_cfg_overlay"] = dict(state_dict=state_dict, num_classes=num_classes)
+    elif isinstance(pretrained, str) and ":" not in name:
+        name = f"{name.split('.')[0]}.{pretrained}"
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs, **extra)
+    except TypeError as e:
+        if "img_size" not in str(e) or "img_size" not in kwargs:
+            raise
+        kwargs.pop("img_size")  # the architecture runs at any input size
+        return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs, **extra)
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e))
+
+
+def evaluate_with_retry(model: torch.nn.Module, dataset, batch_size: int, *, device: torch.device, workers: int = 0,
+                        retry: bool = True, log=print, **eval_kwargs) -> Tuple[Dict[str, float], int]:
+    """:func:`visionattn.tools.train.evaluate` over ``dataset``; on out-of-memory (CUDA's
+    ``torch.OutOfMemoryError`` or a RuntimeError saying so) the batch size is halved and the whole
+    evaluation restarted, down to 1. Returns ``(metrics, batch size used)``; re-raises the error
+    with ``retry=False`` or at batch size 1."""
+    while True:
+        loader = make_loader(dataset, batch_size, train=False, workers=workers, device=device)
+        try:
+            return evaluate(model, loader, device, **eval_kwargs), batch_size
+        except (RuntimeError, torch.OutOfMemoryError) as e:
+            if not _is_oom(e) or not retry or batch_size <= 1:
+                raise
+            del loader
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            log(f"out of memory at batch size {batch_size}; retrying with {batch_size // 2}")
+            batch_size //= 2
+
+
+def format_table(rows: List[Dict[str, Any]]) -> str:
+    """The per-resolution results as an aligned text table (columns :data:`TABLE_COLUMNS`)."""
+    cells = [[str(c) for c in TABLE_COLUMNS]]
+    for r in rows:
+        cells.append([f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in TABLE_COLUMNS])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(TABLE_COLUMNS))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)
+
+
+def results_csv(rows: List[Dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(TABLE_COLUMNS) + ["top1_err", "top5_err"], lineterminator="\n",
+                            extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Evaluate; returns the results dict (top1/top5 in percent, their errors, loss, count,
-    model, checkpoint, split, data config, param count).
+    """Evaluate; returns the results dict: top1/top5 in percent, their errors, loss, count,
+    model, checkpoint, split, data config, param count, batch size of the first (or only)
+    resolution, and ``by_resolution``, one such dict per ``--img-size``.
 
     Raises :class:`UsageError` for missing or contradictory inputs, and torch's ``RuntimeError``
     (listing missing/unexpected keys) when the checkpoint does not fit the model.
     """
     args = build_parser().parse_args(argv)
-    if args.checkpoint is None and not args.pretrained:
-        raise UsageError("give --checkpoint (a .pth.tar or .safetensors file) or --pretrained")
-    if args.demo and args.data_dir is not None:
-        raise UsageError("--demo and --data-dir are exclusive")
-    state_dict, meta = read_checkpoint(args.checkpoint) if args.checkpoint else (None, {})
+    if args.checkpoint is None and not args.pretrained and not (args.model and ":" in args.model):
+        raise UsageError("give --checkpoint (a .pth.tar or .safetensors file), --pretrained, "
+                         "or --model hf-hub:org/repo / local-dir:PATH")
+    if args.demo and (args.data_dir is not None or args.dataset):
+        raise UsageError("--demo and --data-dir/--dataset are exclusive")
+    if args.use_ema and args.checkpoint is None:
+        raise UsageError("--use-ema needs a --checkpoint")
+    state_dict, meta = read_checkpoint(args.checkpoint, use_ema=args.use_ema) if args.checkpoint else (None, {})
     train_args = meta.get("train_args", {})
 
     model_name = args.model or meta.get("model")
     if not model_name:
         raise UsageError("--model is required: the checkpoint does not record its architecture")
+    if ":" not in model_name and not timm.is_model(model_name.split(".")[0]):
+        raise UsageError(f"unknown model {model_name!r}: not registered with timm (nor by visionattn)")
     model_kwargs = {**(meta.get("model_kwargs") or {}), **parse_model_kwargs(args.model_kwargs)}
 
     # Data source: flags, else what the training run used.
-    demo, data_dir = bool(args.demo), args.data_dir
+    demo, data_dir, dataset = bool(args.demo), args.data_dir, args.dataset
     split, max_val = args.split, args.max_val_samples
-    if not demo and data_dir is None:
+    if not demo and data_dir is None and not dataset:
         if train_args.get("demo"):
             demo = True
-        elif train_args.get("data_dir"):
-            data_dir = Path(train_args["data_dir"])
+        elif train_args.get("data_dir") or train_args.get("dataset"):
+            data_dir = Path(train_args["data_dir"]) if train_args.get("data_dir") else None
+            dataset = train_args.get("dataset") or ""
             split = split or train_args.get("val_split")
         else:
-            raise UsageError("give --data-dir DIR (class folders) or --demo")
+            raise UsageError("give --data-dir DIR (class folders), --dataset NAME or --demo")
         if max_val is None:
             max_val = train_args.get("max_val_samples")
     batch_size = args.batch_size or train_args.get("batch_size") or DEFAULT_BATCH_SIZE
@@ -170,6 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     autocast_dtype, _ = resolve_amp(device, args.amp, args.amp_dtype)
+    progress = not args.no_progress
 
     class_to_idx = meta.get("class_to_idx")
     num_classes = args.num_classes or meta.get("num_classes")
@@ -177,54 +285,75 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         num_classes = len(class_to_idx)
     if num_classes is None and demo:
         num_classes = DEMO_NUM_CLASSES
+    probe_cfg = {"input_size": (3, 224, 224), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear",
+                 "crop_pct": 1.0}
+    if num_classes is None and state_dict is None:  # timm weights: the pretrained cfg's class count
+        if ":" in model_name:  # hf-hub:/local-dir: -- their config.json says it
+            num_classes = timm.create_model(model_name, pretrained=False, **model_kwargs).num_classes
+        else:
+            cfg = timm.models.get_pretrained_cfg(model_name, allow_unregistered=True)
+            num_classes = cfg.num_classes if cfg is not None else None
+    if num_classes is None:  # learn the class count from the split before building the model
+        _, _, class_to_idx, _ = build_folder_datasets(data_dir, probe_cfg, train_split=None, val_split=split,
+                                                      dataset=dataset, download=args.dataset_download)
+        if not class_to_idx:
+            raise UsageError("the dataset does not list its classes; give --num-classes")
+        num_classes = len(class_to_idx)
 
     # Preprocessing: the recorded data config (or the model's pretrained cfg), then overrides.
-    overrides = dict(img_size=args.img_size, crop_pct=args.crop_pct, interpolation=args.interpolation,
-                     mean=args.mean, std=args.std)
-    pretrained_cfg = meta.get("data_config")
+    sizes = args.img_size or [None]
+    rows: List[Dict[str, Any]] = []
+    split_desc = None
+    for size in sizes:
+        model = build_model(model_name, num_classes, model_kwargs, state_dict, pretrained=args.pretrained,
+                            img_size=size)
+        model.to(device)
+        if args.channels_last:
+            model.to(memory_format=torch.channels_last)
+        overrides = dict(img_size=size, crop_pct=args.crop_pct, interpolation=args.interpolation,
+                         mean=args.mean, std=args.std)
+        data_config = resolve_data_config(overrides, pretrained_cfg=meta.get("data_config"), model=model)
+        data_config["input_size"] = tuple(data_config["input_size"])
+        if demo:
+            _, val_ds, class_to_idx = build_demo_datasets(data_config)
+            split_desc = "demo digits held-out split"
+        else:
+            _, val_ds, found, split_name = build_folder_datasets(
+                data_dir, data_config, train_split=None, val_split=split, class_to_idx=class_to_idx,
+                dataset=dataset, download=args.dataset_download)
+            class_to_idx = class_to_idx or found
+            split_desc = f"{dataset or 'class folders'}: {Path(data_dir) / split_name if data_dir else split_name}"
+        if class_to_idx and len(class_to_idx) > num_classes:
+            raise UsageError(f"the split has {len(class_to_idx)} classes but the model only {num_classes}")
+        if max_val:
+            val_ds = torch.utils.data.Subset(val_ds, balanced_subset(dataset_targets(val_ds), max_val))
+        metrics, used_bs = evaluate_with_retry(
+            model, val_ds, batch_size, device=device, workers=args.workers, retry=not args.no_retry,
+            log=lambda m: tqdm.write(m, file=sys.stderr), autocast_dtype=autocast_dtype, progress=progress,
+            desc=f"validate {data_config['input_size'][-1]}", channels_last=args.channels_last, reduce=False)
+        rows.append({
+            "model": model_name, "checkpoint": str(args.checkpoint) if args.checkpoint else "pretrained",
+            "use_ema": args.use_ema, "split": split_desc, "top1": metrics["top1"], "top1_err": 100.0 - metrics["top1"],
+            "top5": metrics["top5"], "top5_err": 100.0 - metrics["top5"], "loss": metrics["loss"],
+            "count": metrics["count"], "num_classes": num_classes,
+            "param_count": sum(p.numel() for p in model.parameters()), "batch_size": used_bs,
+            "img_size": data_config["input_size"][-1], "input_size": data_config["input_size"],
+            "crop_pct": data_config["crop_pct"], "interpolation": data_config["interpolation"],
+            "mean": data_config["mean"], "std": data_config["std"], "model_kwargs": _jsonable(model_kwargs),
+            "device": str(device), "amp": str(autocast_dtype) if autocast_dtype else None,
+        })
+        del model
 
-    if num_classes is None:  # learn the class count from the split before building the model
-        _, probe, class_to_idx, _ = build_folder_datasets(
-            data_dir, {"input_size": (3, 224, 224), "mean": (0.5,) * 3, "std": (0.5,) * 3,
-                       "interpolation": "bilinear", "crop_pct": 1.0}, train_split=None, val_split=split)
-        num_classes = len(class_to_idx)
-    if args.pretrained and state_dict is None:
-        model = timm.create_model(model_name, pretrained=True, num_classes=num_classes, **model_kwargs)
-    else:
-        model = create_model(model_name, num_classes, model_kwargs)
-        model.load_state_dict(state_dict, strict=True)
-    model.to(device)
-    data_config = resolve_data_config(overrides, pretrained_cfg=pretrained_cfg, model=model)
-    data_config["input_size"] = tuple(data_config["input_size"])
-
-    if demo:
-        _, val_ds, class_to_idx = build_demo_datasets(data_config)
-        split_desc = "demo digits held-out split"
-    else:
-        _, val_ds, class_to_idx, split_name = build_folder_datasets(
-            data_dir, data_config, train_split=None, val_split=split, class_to_idx=class_to_idx)
-        split_desc = str(Path(data_dir) / split_name)
-    if len(class_to_idx) > num_classes:
-        raise UsageError(f"the split has {len(class_to_idx)} classes but the model only {num_classes}")
-    if max_val:
-        val_ds = torch.utils.data.Subset(val_ds, balanced_subset(dataset_targets(val_ds), max_val))
-    loader = make_loader(val_ds, batch_size, train=False, workers=args.workers, device=device)
-    metrics = evaluate(model, loader, device, autocast_dtype, progress=not args.no_progress, desc="validate")
-
-    results = {
-        "model": model_name, "checkpoint": str(args.checkpoint) if args.checkpoint else "pretrained",
-        "split": split_desc, "top1": metrics["top1"], "top1_err": 100.0 - metrics["top1"],
-        "top5": metrics["top5"], "top5_err": 100.0 - metrics["top5"], "loss": metrics["loss"],
-        "count": metrics["count"], "num_classes": num_classes,
-        "param_count": sum(p.numel() for p in model.parameters()), "batch_size": batch_size,
-        "img_size": data_config["input_size"][-1], "crop_pct": data_config["crop_pct"],
-        "interpolation": data_config["interpolation"], "model_kwargs": _jsonable(model_kwargs),
-        "device": str(device), "amp": str(autocast_dtype) if autocast_dtype else None,
-    }
+    results = dict(rows[0])
+    results["by_resolution"] = rows
     text = json.dumps(_jsonable(results), indent=2)
     print(text)
+    if len(rows) > 1 or not progress:
+        print(format_table(rows), file=sys.stderr)
     if args.results_file:
-        atomic_write_text(args.results_file, text + "\n")
+        atomic_write_text(args.results_file, results_csv(rows) if args.results_file.suffix == ".csv" else text + "\n")
+    if args.results_csv:
+        atomic_write_text(args.results_csv, results_csv(rows))
     return results
 
 
