@@ -61,14 +61,33 @@ def build_model(
     pass ``out_indices``, default ``out_indices``)."""
     kwargs = {**(defaults or {}), **(kwargs or {})}
     taps = kwargs.pop("out_indices", out_indices)
-    return build_model_with_cfg(
-        model_cls,
-        variant,
-        pretrained,
-        pretrained_filter_fn=filter_fn,
-        feature_cfg=dict(flatten_sequential=True, out_indices=taps, feature_cls="getter"),
-        **kwargs,
-    )
+    size = kwargs.get("img_size")
+    if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
+        # timm's save_for_hf records img_size as (H, W); our square-size models take one int
+        kwargs["img_size"] = int(size[0])
+    try:
+        return build_model_with_cfg(
+            model_cls,
+            variant,
+            pretrained,
+            pretrained_filter_fn=filter_fn,
+            feature_cfg=dict(flatten_sequential=True, out_indices=taps, feature_cls="getter"),
+            **kwargs,
+        )
+    except Exception as exc:  # a truncated / corrupted weights file: say so (visionattn.models._hub)
+        if not pretrained or isinstance(exc, CheckpointKeyError):
+            raise
+        from ._hub import explain_load_error
+
+        overlay = kwargs.get("pretrained_cfg_overlay") or {}
+        cfg = kwargs.get("pretrained_cfg")
+        field = lambda k: overlay.get(k) or (cfg.get(k) if isinstance(cfg, Mapping) else getattr(cfg, k, None))  # noqa: E731
+        file = field("file")
+        source = file or (f"Hub repo {field('hf_hub_id')}" if field("hf_hub_id") else f"the pretrained weights of {variant}")
+        err = explain_load_error(exc, str(source), file)
+        if err is None:
+            raise
+        raise err from exc
 
 
 class CheckpointKeyError(KeyError):

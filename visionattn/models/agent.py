@@ -68,6 +68,7 @@ from ..layers.pos import resize_rel_pos_table
 from ..layers.window import WindowAttention
 from . import cswin as _cswin
 from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights, per_stage
+from ._manifest import manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["AgentPVT", "AgentDeiT", "AgentSwin", "AgentCSWin", "PosPatchEmbed", "TokenHead", "checkpoint_filter_fn"]
@@ -654,15 +655,15 @@ def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module, prefer_ema: Opti
 
 
 # ------------------------------------------------------------------------------------------------
-# Pretrained configs (official TsinghuaCloud links of the README; checkpoint under ``model``)
+# Pretrained configs: generated from the manifest (visionattn/models/pretrained.yaml: the official
+# TsinghuaCloud links, checkpoint under ``model``, Hub ids, per-tag sizes); ``_cfg`` holds the defaults.
 
-_URL = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"
 _ORIGIN = "https://github.com/LeapLabTHU/Agent-Attention"
 
 
-def _cfg(link: str, **kwargs) -> Dict:
+def _cfg(url: str = "", **kwargs) -> Dict:
     return {
-        "url": _URL.format(link),
+        "url": url,
         "num_classes": 1000,
         "input_size": (3, 224, 224),
         "pool_size": (7, 7),
@@ -685,35 +686,7 @@ def _cfg(link: str, **kwargs) -> Dict:
     }
 
 
-def _size(s: int, pool: int, crop: float = 0.875) -> Dict:
-    return dict(input_size=(3, s, s), pool_size=(pool, pool), crop_pct=crop)
-
-
-_DEIT = dict(pool_size=(1, 197))
-_CS = dict(first_conv="stem.conv")
-
-default_cfgs = generate_default_cfgs(
-    {
-        "agent_pvt_tiny.in1k": _cfg("13fdf0e0a7c5498c934f"),
-        "agent_pvt_small.in1k": _cfg("36b8be9a8863456685a3"),
-        "agent_pvt_medium.in1k": _cfg("4d00ecacf18b45f9b88c"),
-        "agent_pvt_medium_256.in1k": _cfg("654df734121643b19c52", **_size(256, 8)),
-        "agent_pvt_large.in1k": _cfg("040cfe0cfbbe4762ad09"),
-        "agent_deit_tiny.in1k": _cfg("57e0904221824ee7b7af", **_DEIT),
-        "agent_deit_small.in1k": _cfg("fdd43304372541db8ea7", **_DEIT),
-        "agent_deit_small_448.in1k": _cfg("a228f86241c445f1969b", input_size=(3, 448, 448), pool_size=(1, 785)),
-        "agent_deit_base.in1k": _cfg("5115f15fdd7e4ab58fbc", **_DEIT),
-        "agent_swin_tiny.in1k": _cfg("a2ddc1190c224f768a41"),
-        "agent_swin_small.in1k": _cfg("f607172c9fea4d6e99bb"),
-        "agent_swin_small_288.in1k": _cfg("09760394e93b4046a25e", **_size(288, 9, 1.0)),
-        "agent_swin_base.in1k": _cfg("4fcd2d0114bb490483c3"),
-        "agent_swin_base_384.in1k": _cfg("bb84ee9058954706a557", **_size(384, 12, 1.0)),
-        "agent_cswin_tiny.in1k": _cfg("8c562a74441e46d5902b", **_CS),
-        "agent_cswin_small.in1k": _cfg("30eb8af675bc4b7a8747", **_CS),
-        "agent_cswin_base.in1k": _cfg("c8035b0839b2410c8c9f", **_CS),
-        "agent_cswin_base_384.in1k": _cfg("1239be0df44b47719432", **_CS, **_size(384, 12)),
-    }
-)
+default_cfgs = generate_default_cfgs(manifest_cfgs("agent", _cfg))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from ..layers.block import TransformerBlock
 from ..layers.conv import ConvPosEnc
 from ..layers.routing import AttentionLePE, BiLevelRoutingAttention
 from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights, per_stage
+from ._manifest import manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["BiFormer", "checkpoint_filter_fn"]
@@ -284,7 +285,6 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 # recorded as provenance; BiFormer#53 (2026-03) reports them broken, and all of them end in
 # ``/root/content``, so torch.hub caches every one under the same file name ``content``.
 
-_ONEDRIVE = "https://api.onedrive.com/v1.0/shares/{}/root/content"
 _ORIGIN = "https://github.com/rayleizhu/BiFormer"
 
 
@@ -308,14 +308,7 @@ def _cfg(url: str = "", **kwargs) -> Dict:
     }
 
 
-default_cfgs = generate_default_cfgs(
-    {
-        "biformer_tiny.in1k": _cfg(_ONEDRIVE.format("s!AkBbczdRlZvChHEOoGkgwgQzEDlM")),
-        "biformer_small.in1k": _cfg(_ONEDRIVE.format("s!AkBbczdRlZvChHDyM-x9KWRBZ832")),
-        "biformer_base.in1k": _cfg(_ONEDRIVE.format("s!AkBbczdRlZvChHI_XPhoadjaNxtO")),
-        "biformer_stl.in1k": _cfg(_ONEDRIVE.format("s!AkBbczdRlZvChSf-m7ujkvx9lIQ1")),
-    }
-)
+default_cfgs = generate_default_cfgs(manifest_cfgs("biformer", _cfg))  # per-tag data: visionattn/models/pretrained.yaml
 
 
 # ------------------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from ..layers.block import TransformerBlock
 from ..layers.conv import ConvDownsampler
 from ..layers.cross_shaped import CrossShapedWindowAttention
 from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights
+from ._manifest import manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["CSWin", "CSWinStem", "checkpoint_filter_fn", "load_official_checkpoint"]
@@ -311,9 +312,9 @@ def checkpoint_filter_fn(
 
 
 # ------------------------------------------------------------------------------------------------
-# Pretrained configs (official GitHub release v0.1.0)
+# Pretrained configs: generated from the manifest (visionattn/models/pretrained.yaml: official
+# GitHub release v0.1.0 URLs, Hub ids, per-tag resolution and class counts); ``_cfg`` holds the defaults.
 
-_URL = "https://github.com/microsoft/CSWin-Transformer/releases/download/v0.1.0/"
 _ORIGIN = "https://github.com/microsoft/CSWin-Transformer"
 _EMA_NOTE = (
     "official .pth holds state_dict and state_dict_ema; the reported accuracy is the EMA's "
@@ -343,23 +344,7 @@ def _cfg(url: str = "", **kwargs) -> Dict:
     }
 
 
-_384 = dict(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0)
-
-default_cfgs = generate_default_cfgs(
-    {
-        "cswin_tiny.in1k": _cfg(_URL + "cswin_tiny_224.pth"),
-        "cswin_small.in1k": _cfg(_URL + "cswin_small_224.pth"),
-        "cswin_base.in1k": _cfg(_URL + "cswin_base_224.pth"),
-        "cswin_base_384.in1k": _cfg(_URL + "cswin_base_384.pth", **_384),
-        "cswin_large.in22k_ft_in1k": _cfg(_URL + "cswin_large_224.pth"),
-        "cswin_large.in22k": _cfg(
-            _URL + "cswin_large_22k_224.pth",
-            num_classes=21841,
-            notes=(_EMA_NOTE, "ImageNet-22k head; the class count (21841 assumed) is not stated upstream"),
-        ),
-        "cswin_large_384.in22k_ft_in1k": _cfg(_URL + "cswin_large_384.pth", **_384),
-    }
-)
+default_cfgs = generate_default_cfgs(manifest_cfgs("cswin", _cfg))  # per-tag data: visionattn/models/pretrained.yaml
 
 
 # ------------------------------------------------------------------------------------------------

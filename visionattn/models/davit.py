@@ -43,6 +43,7 @@ from ..layers.channel import ChannelGroupAttention
 from ..layers.conv import ConvLNStem, ConvPosEnc, LNConvDownsample
 from ..layers.window import WindowAttention
 from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights
+from ._manifest import manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["DaViT", "checkpoint_filter_fn"]
@@ -183,17 +184,16 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: DaViT) -> D
 
 
 # ------------------------------------------------------------------------------------------------
-# Pretrained configs: the official weights (Google Drive links of dingmyu/davit), loaded from
-# timm's Hub copies and converted by checkpoint_filter_fn.
+# Pretrained configs: generated from the manifest (visionattn/models/pretrained.yaml): the official
+# weights (Google Drive pages of dingmyu/davit, not direct downloads, in ``official_urls``) loaded
+# from timm's Hub copies and converted by checkpoint_filter_fn; L/H/G have no released weights.
 
 _ORIGIN = "https://github.com/dingmyu/davit"
-_DRIVE = "https://drive.google.com/file/d/{}/view?usp=sharing"
 
 
-def _cfg(hub: str = "", drive: str = "", **kwargs) -> Dict:
-    cfg = {
-        "url": "",  # the official links are Google Drive pages (not direct downloads): kept in notes
-        "hf_hub_id": hub or None,
+def _cfg(url: str = "", **kwargs) -> Dict:
+    return {
+        "url": url,
         "num_classes": 1000,
         "input_size": (3, 224, 224),
         "pool_size": (7, 7),
@@ -207,25 +207,11 @@ def _cfg(hub: str = "", drive: str = "", **kwargs) -> Dict:
         "origin_url": _ORIGIN,
         "paper_ids": "arXiv:2204.03645",
         "paper_name": "DaViT: Dual Attention Vision Transformers",
+        **kwargs,
     }
-    if hub:
-        cfg["notes"] = (f"official checkpoint (Google Drive): {_DRIVE.format(drive)}; loaded from the Hub copy {hub}",)
-    else:
-        cfg["notes"] = ("no weights released (dingmyu/davit#10)",)
-    cfg.update(kwargs)
-    return cfg
 
 
-default_cfgs = generate_default_cfgs(
-    {
-        "davit_tiny_va.msft_in1k": _cfg("timm/davit_tiny.msft_in1k", "1RSpi3lxKaloOL5-or20HuG975tbPwxRZ"),
-        "davit_small_va.msft_in1k": _cfg("timm/davit_small.msft_in1k", "1q976ruj45mt0RhO9oxhOo6EP_cmj4ahQ"),
-        "davit_base_va.msft_in1k": _cfg("timm/davit_base.msft_in1k", "1u9sDBEueB-YFuLigvcwf4b2YyA4MIVsZ"),
-        "davit_large_va": _cfg(),
-        "davit_huge_va": _cfg(),
-        "davit_giant_va": _cfg(),
-    }
-)
+default_cfgs = generate_default_cfgs(manifest_cfgs("davit", _cfg))
 
 
 # ------------------------------------------------------------------------------------------------

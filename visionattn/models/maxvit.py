@@ -44,6 +44,7 @@ from ..layers.conv import ConvBNStem, MBConv
 from ..layers.pos import resize_rel_pos_table
 from ..layers.window import WindowAttention
 from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights
+from ._manifest import manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["MaxViT", "checkpoint_filter_fn"]
@@ -185,22 +186,21 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MaxViT) -> 
 
 
 # ------------------------------------------------------------------------------------------------
-# Pretrained configs: timm's PyTorch ports of the official TF checkpoints (converted by
-# checkpoint_filter_fn); the official TF checkpoints are listed in each cfg's ``notes``.
+# Pretrained configs: generated from the manifest (visionattn/models/pretrained.yaml): timm's PyTorch
+# ports of the official TF checkpoints (``hf_hub_id`` = timm's live repos, converted on load by
+# checkpoint_filter_fn), the official TF checkpoints in ``official_urls`` / notes. ``_cfg`` holds the
+# defaults (224 in1k and in21k; per-tag resolution, crop and mean/std come from the manifest).
 
 _ORIGIN = "https://github.com/google-research/maxvit"
-_TF_CKPT = "https://console.cloud.google.com/storage/browser/gresearch/maxvit/ckpts/"
 
 
-def _cfg(hub: str, tf_ckpt: str, size: int = 224, **kwargs) -> Dict:
-    g = size // 32
-    cfg = {
-        "url": "",
-        "hf_hub_id": hub,
+def _cfg(url: str = "", **kwargs) -> Dict:
+    return {
+        "url": url,
         "num_classes": 1000,
-        "input_size": (3, size, size),
-        "pool_size": (g, g),
-        "crop_pct": 0.95 if size == 224 else 1.0,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.95,
         "interpolation": "bicubic",
         "mean": (0.5, 0.5, 0.5),
         "std": (0.5, 0.5, 0.5),
@@ -211,38 +211,11 @@ def _cfg(hub: str, tf_ckpt: str, size: int = 224, **kwargs) -> Dict:
         "origin_url": _ORIGIN,
         "paper_ids": "arXiv:2204.01697",
         "paper_name": "MaxViT: Multi-Axis Vision Transformer",
-        "notes": (f"official TF checkpoint: {_TF_CKPT}{tf_ckpt}; weights loaded from timm's PyTorch port {hub}",),
+        **kwargs,
     }
-    if size != 224:
-        cfg["crop_mode"] = "squash"
-    cfg.update(kwargs)
-    return cfg
 
 
-def _tags() -> Dict[str, Dict]:
-    cfgs = {}
-    for name, tf in (("tiny", "maxvittiny"), ("small", "maxvitsmall"), ("base", "maxvitbase"), ("large", "maxvitlarge")):
-        for size in (224, 384, 512):
-            arch = f"maxvit_{name}" + ("" if size == 224 else f"_{size}")
-            extra = dict(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) if size == 224 else {}
-            cfgs[f"{arch}.in1k"] = _cfg(f"timm/maxvit_{name}_tf_{size}.in1k", f"{tf}/i1k/{size}", size, **extra)
-        if name in ("base", "large"):
-            cfgs[f"maxvit_{name}.in21k"] = _cfg(
-                f"timm/maxvit_{name}_tf_224.in21k", f"{tf}/i21k_pt/224", 224, num_classes=21843
-            )
-            for size in (384, 512):
-                cfgs[f"maxvit_{name}_{size}.in21k_ft_in1k"] = _cfg(
-                    f"timm/maxvit_{name}_tf_{size}.in21k_ft_in1k", f"{tf}/i21k_i1k/{size}", size
-                )
-    cfgs["maxvit_xlarge.in21k"] = _cfg("timm/maxvit_xlarge_tf_224.in21k", "maxvitxlarge/i21k_pt/224", 224, num_classes=21843)
-    for size in (384, 512):
-        cfgs[f"maxvit_xlarge_{size}.in21k_ft_in1k"] = _cfg(
-            f"timm/maxvit_xlarge_tf_{size}.in21k_ft_in1k", f"maxvitxlarge/i21k_i1k/{size}", size
-        )
-    return cfgs
-
-
-default_cfgs = generate_default_cfgs(_tags())
+default_cfgs = generate_default_cfgs(manifest_cfgs("maxvit", _cfg))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -34,9 +34,10 @@ from timm.models import generate_default_cfgs
 from ..layers.block import TransformerBlock
 from ..layers.conv import ConvDownsampler, ConvTokenizer, PatchEmbed, PatchMerging
 from ..layers.neighborhood import NeighborhoodAttention2d
-from ..layers.pos import relative_position_index
+from ..layers.pos import relative_position_index, resize_rel_pos_table
 from ..layers.window import WindowAttention
 from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights, per_stage
+from ._manifest import manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["NAT", "NATIsotropic", "checkpoint_filter_fn"]
@@ -267,9 +268,10 @@ def _official_to_ours(sd: Dict[str, torch.Tensor], model: nn.Module):
             i, rest = re.match(r"^layers\.(\d+)\.(.*)$", k).groups()
             if rest == "attn.relative_position_index":
                 # Derived buffer of MHSARPB: accounted for by checking it equals ours, then dropped.
-                g = model.stages[int(i)].blocks[0].attn.window_size
-                if v.shape != (g[0] * g[1],) * 2 or not torch.equal(v.long().cpu(), relative_position_index(*g)):
-                    unknown.append(k + " (does not equal the index this model derives)")
+                # The checkpoint's grid may differ from the model's (its rpb is resized in checkpoint_filter_fn).
+                g = int(round(v.shape[0] ** 0.5)) if v.dim() == 2 and v.shape[0] == v.shape[1] else 0
+                if not g or g * g != v.shape[0] or not torch.equal(v.long().cpu(), relative_position_index(g, g)):
+                    unknown.append(k + " (is not the relative position index of a square grid)")
                 continue
             out[f"stages.{i}.blocks.0.{rest}"] = v
         else:
@@ -294,7 +296,9 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
     (flat, or wrapped under ``model`` / ``state_dict``, with or without a ``module.`` prefix),
     (b) the Hugging Face ``transformers`` layout (``nat.`` / ``dinat.`` prefixed ``NatModel`` /
     ``DinatForImageClassification``: split q/k/v, ``layer_scale_parameters``), and (c) visionattn's own
-    layout (returned as is after the check).
+    layout (returned as is after the check). Any training resolution loads into any model: NA
+    tables depend on the kernel only; ViT-rpb tables of another ``img_size`` are resized
+    bicubically (:func:`_resize_rpb_tables`).
 
     Raises:
         CheckpointKeyError: any key that cannot be mapped, any model key left uncovered, or any
@@ -313,15 +317,29 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
             source = "official NAT/DiNAT checkpoint"
         sd, unknown2 = _official_to_ours(sd, model)
         unknown += unknown2
+    _resize_rpb_tables(sd, model)
     check_state_dict(sd, model, unknown=unknown, source=source)
     return sd
 
 
-# ------------------------------------------------------------------------------------------------
-# Pretrained configs (official checkpoints; Hub copies follow in the manifest)
+def _resize_rpb_tables(sd: Dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Resize ViT-rpb relative position tables ``(heads, 2g-1, 2g-1)`` trained at another ``img_size``
+    to the model's grid, bicubically (:func:`~visionattn.layers.pos.resize_rel_pos_table`, the rule
+    :class:`~visionattn.layers.WindowAttention` applies at run time to maps of another size, so a
+    224 checkpoint loaded into a 384 model gives the 224 model's outputs at 384). Neighborhood
+    attention tables ``(heads, 2K-1, 2K-1)`` depend on the kernel only and are never resized."""
+    if not isinstance(model, NATIsotropic) or model.attention != "mhsa":
+        return
+    msd = model.state_dict()
+    for k, v in list(sd.items()):
+        if k.endswith(".attn.rpb") and k in msd and v.dim() == 3 and v.shape[0] == msd[k].shape[0] and v.shape != msd[k].shape:
+            sd[k] = resize_rel_pos_table(v, tuple(msd[k].shape[-2:]))
 
-_NAT_URL = "https://shi-labs.com/projects/nat/checkpoints/CLS/"
-_DINAT_URL = "https://shi-labs.com/projects/dinat/checkpoints/"
+
+# ------------------------------------------------------------------------------------------------
+# Pretrained configs: generated from the manifest (visionattn/models/pretrained.yaml; URLs, Hub
+# ids, licence, per-tag resolution and class counts live there). ``_cfg`` holds the defaults.
+
 _ORIGIN = "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer"
 
 
@@ -345,46 +363,7 @@ def _cfg(url: str = "", **kwargs) -> Dict:
     }
 
 
-def _dinat_cfg(url: str = "", **kwargs) -> Dict:
-    kw = dict(paper_ids="arXiv:2209.15001", paper_name="Dilated Neighborhood Attention Transformer")
-    kw.update(kwargs)
-    return _cfg(url, **kw)
-
-
-_SWIN = dict(first_conv="stem.proj")
-_ISO = dict(first_conv="stem.proj", pool_size=(14, 14))
-_384 = dict(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0)
-_IN22K = dict(num_classes=21841, notes="ImageNet-22k (21841-class) head; class count not stated upstream")
-
-default_cfgs = generate_default_cfgs(
-    {
-        "nat_mini.in1k": _cfg(_NAT_URL + "nat_mini.pth"),
-        "nat_tiny.in1k": _cfg(_NAT_URL + "nat_tiny.pth"),
-        "nat_small.in1k": _cfg(_NAT_URL + "nat_small.pth"),
-        "nat_base.in1k": _cfg(_NAT_URL + "nat_base.pth"),
-        "dinat_mini.in1k": _dinat_cfg(_DINAT_URL + "imagenet1k/dinat_mini_in1k_224.pth"),
-        "dinat_tiny.in1k": _dinat_cfg(_DINAT_URL + "imagenet1k/dinat_tiny_in1k_224.pth"),
-        "dinat_small.in1k": _dinat_cfg(_DINAT_URL + "imagenet1k/dinat_small_in1k_224.pth"),
-        "dinat_base.in1k": _dinat_cfg(_DINAT_URL + "imagenet1k/dinat_base_in1k_224.pth"),
-        "dinat_large.in22k_ft_in1k": _dinat_cfg(_DINAT_URL + "imagenet1k/dinat_large_in22k_in1k_224.pth"),
-        "dinat_large.in22k": _dinat_cfg(_DINAT_URL + "imagenet22k/dinat_large_in22k_224.pth", **_IN22K),
-        "dinat_large_11x11.in22k": _dinat_cfg(_DINAT_URL + "imagenet22k/dinat_large_in22k_224_11x11interp.pth", **_IN22K),
-        "dinat_large_384.in22k_ft_in1k": _dinat_cfg(_DINAT_URL + "imagenet1k/dinat_large_in22k_in1k_384.pth", **_384),
-        "dinat_large_384_11x11.in22k_ft_in1k": _dinat_cfg(_DINAT_URL + "imagenet1k/dinat_large_in22k_in1k_384_11x11.pth", **_384),
-        "dinat_s_tiny.in1k": _dinat_cfg(_DINAT_URL + "imagenet1k/dinat_s_tiny_in1k_224.pth", **_SWIN),
-        "dinat_s_small.in1k": _dinat_cfg(_DINAT_URL + "imagenet1k/dinat_s_small_in1k_224.pth", **_SWIN),
-        "dinat_s_base.in1k": _dinat_cfg(_DINAT_URL + "imagenet1k/dinat_s_base_in1k_224.pth", **_SWIN),
-        "dinat_s_large.in22k_ft_in1k": _dinat_cfg(_DINAT_URL + "imagenet1k/dinat_s_large_in1k_224.pth", **_SWIN),
-        "dinat_s_large.in22k": _dinat_cfg(_DINAT_URL + "imagenet22k/dinat_s_large_in22k_224.pth", **_SWIN, **_IN22K),
-        "dinat_s_large_384.in22k_ft_in1k": _dinat_cfg(_DINAT_URL + "imagenet1k/dinat_s_large_in1k_384.pth", **_SWIN, **_384),
-        "nat_isotropic_small.in1k": _dinat_cfg(_DINAT_URL + "isotropic/nat_isotropic_small_in1k_224.pth", **_ISO),
-        "nat_isotropic_base.in1k": _dinat_cfg(_DINAT_URL + "isotropic/nat_isotropic_base_in1k_224.pth", **_ISO),
-        "dinat_isotropic_small.in1k": _dinat_cfg(_DINAT_URL + "isotropic/dinat_isotropic_small_in1k_224.pth", **_ISO),
-        "dinat_isotropic_base.in1k": _dinat_cfg(_DINAT_URL + "isotropic/dinat_isotropic_base_in1k_224.pth", **_ISO),
-        "vitrpb_small.in1k": _dinat_cfg(_DINAT_URL + "isotropic/vitrpb_small_in1k_224.pth", **_ISO),
-        "vitrpb_base.in1k": _dinat_cfg(_DINAT_URL + "isotropic/vitrpb_base_in1k_224.pth", **_ISO),
-    }
-)
+default_cfgs = generate_default_cfgs(manifest_cfgs("nat", _cfg))
 
 
 # ------------------------------------------------------------------------------------------------
