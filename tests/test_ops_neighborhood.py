@@ -155,3 +155,155 @@ def test_shape_dtype_mismatch_errors():
         na2d(q, q.double(), q, 3)
     with pytest.raises(ValueError, match=r"\(B, H, W, heads, head_dim\)"):
         na2d(q[0], q[0], q[0], 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# flex_attention backend and backend choice
+
+FLEX_CASES = [
+    # H, W, K, d: odd / non-square maps, K up to 11, dilations up to 4, full-window maps
+    (7, 7, 7, 1),
+    (13, 17, 5, 2),
+    (23, 22, 7, 3),
+    (12, 12, 11, 1),
+    (22, 25, 11, 2),
+    (12, 20, 3, 4),
+    (28, 28, 7, 4),
+    (9, 31, 3, 1),
+]
+
+
+@pytest.mark.parametrize("H,W,K,d", FLEX_CASES)
+@pytest.mark.parametrize("with_rpb", [True, False])
+def test_flex_eager_matches_gather_and_reference(H, W, K, d, with_rpb):
+    """The flex mask_mod / score_mod encode the exact NATTEN window and rpb indexing (float64)."""
+    g = torch.Generator().manual_seed(H * 31 + W * 7 + K + d)
+    q, k, v = (torch.randn(2, H, W, 3, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    rpb = torch.randn(3, 2 * K - 1, 2 * K - 1, generator=g, dtype=torch.float64) if with_rpb else None
+    want = gather_na2d(q, k, v, K, d, rpb)
+    got = na2d(q, k, v, K, d, rpb, backend="flex-eager")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    torch.testing.assert_close(got, na2d_reference(q, k, v, K, d, rpb), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("H,W,K,d", [(13, 17, 5, 2), (23, 22, 7, 3), (22, 25, 11, 2), (56, 56, 7, 8), (30, 19, 3, 4)])
+def test_flex_block_mask_covers_exactly_the_touched_blocks(H, W, K, d):
+    """Block sparsity vs windows from the test-side NATTEN 0.14 formula: a key block is listed for a
+    query block iff some query of it has a window key in that key block."""
+    from visionattn.ops.neighborhood import FLEX_BLOCK_SIZE, _flex_plan
+    from _na_reference import _axis_keys
+
+    order, inverse, row, col, win_row, win_col, kv_num, kv_idx = _flex_plan(H, W, K, K, d, d, FLEX_BLOCK_SIZE)
+    order = torch.tensor(order)
+    kr, kc = _axis_keys(H, K, d), _axis_keys(W, K, d)  # (H, K), (W, K)
+    N = H * W
+    member_r = torch.zeros(H, H, dtype=torch.bool)
+    member_r[torch.arange(H)[:, None], kr] = True
+    member_c = torch.zeros(W, W, dtype=torch.bool)
+    member_c[torch.arange(W)[:, None], kc] = True
+    dense = (member_r[:, None, :, None] & member_c[None, :, None, :]).reshape(N, N)
+    dense = dense[order][:, order]  # into the flex token order
+    nb = -(-N // FLEX_BLOCK_SIZE)
+    pad = nb * FLEX_BLOCK_SIZE - N
+    blocks = torch.nn.functional.pad(dense, (0, pad, 0, pad)).view(nb, FLEX_BLOCK_SIZE, nb, FLEX_BLOCK_SIZE).any(3).any(1)
+    for qb in range(nb):
+        listed = set(kv_idx[qb][: kv_num[qb]])
+        assert listed == set(torch.nonzero(blocks[qb]).flatten().tolist()), (qb, listed)
+    assert sorted(order.tolist()) == list(range(N))
+    assert [order[i] for i in inverse] == list(range(N))
+
+
+def test_flex_on_cpu_refuses_gradients_clearly():
+    q = torch.randn(1, 10, 12, 2, 4, requires_grad=True)
+    with pytest.raises(ValueError, match="no backward on CPU"):
+        na2d(q, q, q, 3, backend="flex")
+    with torch.no_grad():
+        assert na2d(q, q, q, 3, backend="flex-eager").shape == q.shape
+
+
+def test_auto_backend_rule_on_cpu():
+    from visionattn.ops.neighborhood import choose_backend
+
+    q = torch.randn(1, 10, 12, 2, 4)
+    rpb = torch.zeros(2, 5, 5)
+    assert choose_backend(q, q, q, rpb) == "torch"
+    assert choose_backend(q, q, q, None) == "torch"
+
+
+def test_full_window_map_uses_sdpa_with_bias_and_matches_gather():
+    """K == H == W: NA is full attention plus the relative bias (fused SDPA path), with gradients."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 11, 11, 2, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    rpb = torch.randn(2, 21, 21, generator=g, dtype=torch.float64, requires_grad=True)
+    got = na2d(q, k, v, 11, 1, rpb)
+    want = gather_na2d(q, k, v, 11, 1, rpb)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    for a, b in zip(torch.autograd.grad(got.sum(), [q, k, v, rpb]), torch.autograd.grad(want.sum(), [q, k, v, rpb])):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_layer_compiles_fullgraph_without_graph_breaks():
+    from visionattn.layers.neighborhood import NeighborhoodAttention2d
+
+    m = NeighborhoodAttention2d(16, 2, 5, 2, backend="torch")
+    explain = torch._dynamo.explain(m)(torch.randn(1, 13, 12, 16))
+    assert explain.graph_break_count == 0, explain.break_reasons
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("H,W,K,d", [(23, 22, 7, 3), (12, 12, 11, 1)])
+def test_compiled_flex_forward_matches_gather_on_cpu(H, W, K, d):
+    """torch.compile(flex_attention) (inductor CPU template): forward values, float32."""
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, H, W, 2, 16, generator=g) for _ in range(3))
+    rpb = torch.randn(2, 2 * K - 1, 2 * K - 1, generator=g)
+    with torch.no_grad():
+        got = na2d(q, k, v, K, d, rpb, backend="flex")
+    torch.testing.assert_close(got, gather_na2d(q, k, v, K, d, rpb), rtol=0, atol=2e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex backward needs CUDA in torch <= 2.14")
+@pytest.mark.parametrize("H,W,K,d", [(23, 22, 7, 3), (22, 25, 11, 2), (28, 28, 7, 4)])
+def test_compiled_flex_values_and_gradients_on_cuda(H, W, K, d):
+    g = torch.Generator().manual_seed(13)
+    q, k, v = (torch.randn(2, H, W, 2, 32, generator=g).cuda().requires_grad_() for _ in range(3))
+    rpb = torch.randn(2, 2 * K - 1, 2 * K - 1, generator=g).cuda().requires_grad_()
+    ins = [q, k, v, rpb]
+    got = na2d(q, k, v, K, d, rpb, backend="flex")
+    want = gather_na2d(*(t.double().cpu() for t in (q, k, v)), K, d, rpb.double().cpu())
+    torch.testing.assert_close(got.double().cpu(), want, rtol=0, atol=2e-5)
+    go = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    gg = torch.autograd.grad((got * go.float().cuda()).sum(), ins)
+    wg = torch.autograd.grad((want * go).sum(), [t for t in ins])
+    for a, b in zip(gg, wg):
+        torch.testing.assert_close(a.double().cpu(), b.cpu(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("H,W,K,d", [(23, 22, 7, 3), (13, 17, 5, 2)])
+def test_tiled_inference_path_matches_gather(H, W, K, d):
+    """Under no_grad the tiled path updates its buffers in place; the numbers must not change."""
+    g = torch.Generator().manual_seed(17)
+    q, k, v = (torch.randn(2, H, W, 3, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    rpb = torch.randn(3, 2 * K - 1, 2 * K - 1, generator=g, dtype=torch.float64)
+    rpb_before = rpb.clone()
+    with torch.no_grad():
+        got = na2d(q, k, v, K, d, rpb, backend="torch")
+        got0 = na2d(q, k, v, K, d, None, backend="torch")
+    torch.testing.assert_close(got, gather_na2d(q, k, v, K, d, rpb), rtol=0, atol=1e-10)
+    torch.testing.assert_close(got0, gather_na2d(q, k, v, K, d, None), rtol=0, atol=1e-10)
+    assert torch.equal(rpb, rpb_before)
+
+
+def test_layer_backends_agree_and_unknown_backend_is_rejected():
+    from visionattn.layers.neighborhood import NeighborhoodAttention2d
+
+    torch.manual_seed(0)
+    m = NeighborhoodAttention2d(16, 2, 5, 3, backend="torch").double()
+    x = torch.randn(2, 11, 17, 16, dtype=torch.float64)  # padded to 15 rows inside the layer
+    with torch.no_grad():
+        want = m(x)
+        for backend in ("reference", "flex-eager"):
+            m.backend = backend
+            torch.testing.assert_close(m(x), want, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="unknown backend"):
+        NeighborhoodAttention2d(16, 2, 5, backend="cuda")

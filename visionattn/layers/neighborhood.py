@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import trunc_normal_
 
-from ..ops.neighborhood import na2d
+from ..ops.neighborhood import _BACKENDS, na2d
 
 __all__ = ["NeighborhoodAttention2d"]
 
@@ -31,12 +31,15 @@ class NeighborhoodAttention2d(nn.Module):
         qkv_bias: bias in the qkv projection.
         rel_pos_bias: learn a relative position bias table ``rpb``.
         proj_drop: dropout after ``proj``.
-        backend: :func:`visionattn.ops.na2d` backend.
+        backend: :func:`visionattn.ops.na2d` backend (``"auto"``, ``"torch"``, ``"reference"``,
+            ``"flex"``, ``"flex-eager"``, ``"natten"``); a plain attribute, so it can be switched
+            on a built model (``benchmarks/nat_models.py`` does).
 
     Shapes: ``(B, H, W, C) -> (B, H, W, C)``.
 
     Raises:
-        ValueError: ``dim`` not divisible by ``num_heads`` or an even ``kernel_size``.
+        ValueError: ``dim`` not divisible by ``num_heads``, an even ``kernel_size`` or an unknown
+            ``backend``.
     """
 
     def __init__(
@@ -55,6 +58,8 @@ class NeighborhoodAttention2d(nn.Module):
             raise ValueError(f"NeighborhoodAttention2d: dim {dim} is not divisible by num_heads {num_heads}")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"NeighborhoodAttention2d: kernel_size must be odd, got {kernel_size}")
+        if backend not in _BACKENDS:
+            raise ValueError(f"NeighborhoodAttention2d: unknown backend {backend!r}; choose one of {_BACKENDS}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5

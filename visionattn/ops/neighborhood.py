@@ -24,6 +24,11 @@ Two implementations give the same numbers:
   queries move by at most one step), so attention becomes a batch of small dense problems with
   an additive bias/mask. Time and memory are ``O(H*W * (T+K-1)^2)``, linear in ``H*W``; no
   ``(H*W)^2`` matrix is formed. Index tables are per axis, ``O(L * (T+K-1))``, and cached.
+* the flex path (``backend="flex"``): ``torch.nn.attention.flex_attention`` on the tokens
+  reordered dilation-class-major (each residue class contiguous, so the window stays local in the
+  sequence), a ``mask_mod`` encoding the exact window above, an rpb ``score_mod``, and a
+  block-sparse ``BlockMask`` built from the windows (never from an ``(H*W)^2`` mask). Compiled,
+  it is a fused kernel (CUDA: Triton; CPU: the inductor C++ template, forward only in torch 2.14).
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ __all__ = [
     "neighborhood_indices",
     "natten_available",
     "check_na2d_args",
+    "choose_backend",
 ]
 
 IntOrPair = Union[int, Sequence[int]]
@@ -314,22 +320,29 @@ def _na2d_tiled(q, k, v, ks, dil, rpb, scale, tile):
     vt = v.index_select(1, kr).index_select(2, kc)
     vt = vt.view(B, nr, Hr, nc, Hc, nh, hv).permute(0, 1, 3, 5, 2, 4, 6).reshape(B, nr, nc, nh, Hr * Hc, hv)
 
+    # Without autograd the fresh logits / bias buffers are updated in place (less peak memory).
+    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, rpb))
     logits = (qt * scale) @ kt.transpose(-2, -1)  # (B, nr, nc, nh, Tr*Tc, Hr*Hc)
+    dt = logits.dtype
+    neg = torch.tensor(float("-inf"), dtype=dt, device=logits.device)
+    zero = torch.zeros((), dtype=dt, device=logits.device)
+    # offset 2K-1 on either axis marks a (query, key) slot pair outside the window
+    mr = torch.where(offr == 2 * kh - 1, neg, zero)  # (nr, Tr, Hr)
+    mc = torch.where(offc == 2 * kw - 1, neg, zero)  # (nc, Tc, Hc)
+    mask = (mr[:, None, :, None, :, None] + mc[None, :, None, :, None, :]).reshape(nr, nc, 1, Tr * Tc, Hr * Hc)
     if rpb is not None:
-        # Table padded with a -inf row and column: offset 2K-1 on either axis masks the pair.
-        table = F.pad(rpb.to(logits.dtype), (0, 1, 0, 1), value=float("-inf"))
-        bias = table[:, offr[:, None, :, None, :, None], offc[None, :, None, :, None, :]]
-        # (nh, nr, nc, Tr, Tc, Hr, Hc) -> (nr, nc, nh, Tr*Tc, Hr*Hc)
-        bias = bias.permute(1, 2, 0, 3, 4, 5, 6).reshape(nr, nc, nh, Tr * Tc, Hr * Hc)
-        logits = logits + bias
-    else:
-        neg = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
-        zero = torch.zeros((), dtype=logits.dtype, device=logits.device)
-        mr = torch.where(offr == 2 * kh - 1, neg, zero)  # (nr, Tr, Hr)
-        mc = torch.where(offc == 2 * kw - 1, neg, zero)  # (nc, Tc, Hc)
-        mask = (mr[:, None, :, None, :, None] + mc[None, :, None, :, None, :]).reshape(nr, nc, 1, Tr * Tc, Hr * Hc)
-        logits = logits + mask
+        # bias[h, (row slots), (col slots)] = rpb[h, offr, offc] is separable: one-hot(offr) @ rpb
+        # @ one-hot(offc)^T. Two small matmuls instead of a gather whose backward is a slow
+        # scatter-add onto the (2K-1)^2 table; masked slots get an all-zero one-hot row.
+        er = F.one_hot(offr.reshape(-1), 2 * kh)[:, : 2 * kh - 1].to(dt)  # (nr*Tr*Hr, 2kh-1)
+        ec = F.one_hot(offc.reshape(-1), 2 * kw)[:, : 2 * kw - 1].to(dt)  # (nc*Tc*Hc, 2kw-1)
+        bias = (er @ rpb.to(dt)) @ ec.t()  # (nh, nr*Tr*Hr, nc*Tc*Hc)
+        bias = bias.view(nh, nr, Tr, Hr, nc, Tc, Hc).permute(1, 4, 0, 2, 5, 3, 6).reshape(nr, nc, nh, Tr * Tc, Hr * Hc)
+        mask = bias + mask if need_grad else bias.add_(mask)
+    logits = logits + mask if need_grad else logits.add_(mask)
+    del mask
     attn = logits.softmax(dim=-1)
+    del logits
     out = attn @ vt  # (B, nr, nc, nh, Tr*Tc, hv)
     out = out.view(B, nr, nc, nh, Tr, Tc, hv).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, nr * Tr, nc * Tc, nh, hv)
     return out.index_select(1, invr).index_select(2, invc)
@@ -355,10 +368,213 @@ def _na2d_natten(q, k, v, ks, dil, scale):
     return natten.na2d(q, k, v, kernel_size=ks, dilation=dil, scale=scale)
 
 
+
+# ------------------------------------------------------------------------------------------------
+# flex_attention backend
+
+FLEX_BLOCK_SIZE = 128
+"""Query/key block of the flex ``BlockMask`` (flex_attention's default sparse block)."""
+
+
+@lru_cache(maxsize=64)
+def _flex_plan(H: int, W: int, kh: int, kw: int, dh: int, dw: int, block: int):
+    """Token order and block sparsity of the flex path, as (nested) tuples of ints (cached).
+
+    Tokens are put in dilation-class-major order ``(r_h, r_w, i // d_h, j // d_w)``, so each of
+    the ``d_h * d_w`` residue classes is a contiguous run and a query's ``kh x kw`` keys lie a few
+    class rows around it. Returns ``(order, inverse, row, col, win_row, win_col, kv_num, kv_idx)``:
+    ``order[s]`` is the row-major token at sequence slot ``s`` and ``inverse`` its inverse;
+    ``row``/``col`` (per slot) its absolute position; ``win_row``/``win_col`` the absolute first
+    key row/column of its window; ``kv_num (n_blocks,)`` / ``kv_idx (n_blocks, n_blocks)`` the
+    key blocks each query block touches, first ``kv_num`` entries (all partial: a query has at
+    most ``kh*kw`` keys, fewer than a block, so no block is full).
+    """
+    N = H * W
+    i = torch.arange(H)
+    j = torch.arange(W)
+    # sort key (r_h, r_w, i // d_h, j // d_w)
+    key = (((i % dh)[:, None] * dw + (j % dw)[None, :]) * H + (i // dh)[:, None]) * W + (j // dw)[None, :]
+    order = torch.argsort(key.reshape(-1))
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(N)
+    row, col = order // W, order % W
+    keys_r, _ = neighborhood_indices(H, kh, dh)  # (H, kh) absolute
+    keys_c, _ = neighborhood_indices(W, kw, dw)
+    win_row, win_col = keys_r[row, 0], keys_c[col, 0]
+    # key slots of every query slot -> touched (query block, key block) pairs
+    kseq = inverse[(keys_r[row][:, :, None] * W + keys_c[col][:, None, :]).reshape(N, kh * kw)]
+    nb = -(-N // block)
+    qb = torch.arange(N)[:, None] // block
+    hit = torch.zeros(nb * nb, dtype=torch.bool)
+    hit[(qb * nb + kseq // block).reshape(-1)] = True
+    hit = hit.view(nb, nb)
+    kv_num = hit.sum(1).to(torch.int32)
+    kv_idx = torch.argsort((~hit).to(torch.int8), dim=1, stable=True)
+    return tuple(tuple(t.tolist()) if t.dim() == 1 else tuple(map(tuple, t.tolist())) for t in (order, inverse, row, col, win_row, win_col, kv_num, kv_idx))
+
+
+_FLEX_DEVICE_CACHE: dict = {}
+
+
+def _flex_tables(H: int, W: int, ks: Tuple[int, int], dil: Tuple[int, int], like: torch.Tensor):
+    """Tensors of :func:`_flex_plan` on ``like.device``, cached per (shape, device).
+
+    While tracing, a cached entry (real tensors, made by an earlier eager call) is read and enters
+    the graph as constants; a missing one is built as fresh graph constants and not cached, so no
+    fake tensor reaches the cache. (Inductor's CPU flex template, torch 2.14, finds no kernel for
+    block-mask tensors built inside the graph: call the layer once eagerly before compiling.)
+    """
+    key = (H, W, ks, dil, FLEX_BLOCK_SIZE, str(like.device))
+    hit = _FLEX_DEVICE_CACHE.get(key)
+    if hit is None:
+        plan = _flex_plan(H, W, ks[0], ks[1], dil[0], dil[1], FLEX_BLOCK_SIZE)
+        hit = tuple(torch.tensor(t, dtype=torch.long if i < 2 else torch.int32, device=like.device) for i, t in enumerate(plan))
+        if not is_tracing(like):
+            if len(_FLEX_DEVICE_CACHE) > 128:
+                _FLEX_DEVICE_CACHE.clear()
+            _FLEX_DEVICE_CACHE[key] = hit
+    return hit
+
+
+def _flex_block_mask(H, W, ks, dil, like: torch.Tensor):
+    """``(order, inverse, (row, col), BlockMask)`` for the flex path on ``like.device``."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    order, inverse, row, col, win_row, win_col, kv_num, kv_blocks = _flex_tables(H, W, ks, dil, like)
+    span_h, span_w = (ks[0] - 1) * dil[0], (ks[1] - 1) * dil[1]
+    dh, dw = dil
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        # key inside the query's (shifted, per-class) window: offset from the window start is a
+        # multiple of d and at most (K-1)*d on both axes
+        dr = row[kv_idx] - win_row[q_idx]
+        dc = col[kv_idx] - win_col[q_idx]
+        return (dr >= 0) & (dr <= span_h) & (dr % dh == 0) & (dc >= 0) & (dc <= span_w) & (dc % dw == 0)
+
+    N = H * W
+    block_mask = BlockMask.from_kv_blocks(
+        kv_num[None, None], kv_blocks[None, None], BLOCK_SIZE=FLEX_BLOCK_SIZE, mask_mod=mask_mod, seq_lengths=(N, N)
+    )
+    return order, inverse, (row, col), block_mask
+
+
+_FLEX_COMPILED = None
+
+
+def _flex_compiled():
+    """``torch.compile(flex_attention)``, made once per process (PyTorch's recommended use)."""
+    global _FLEX_COMPILED
+    if _FLEX_COMPILED is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
+    return _FLEX_COMPILED
+
+
+FLEX_RECOMPILE_LIMIT = 64
+"""Recompile limit applied around the compiled flex call: every (map size, K, d, grad mode)
+compiles once, and a DiNAT forward+backward has more than dynamo's default 8 of them."""
+
+
+def _na2d_flex(q, k, v, ks, dil, rpb, scale, compiled: bool):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    B, H, W, nh, hd = q.shape
+    hv = v.shape[-1]
+    order, inverse, (row, col), block_mask = _flex_block_mask(H, W, ks, dil, q)
+    kh, kw = ks
+    dh, dw = dil
+
+    def to_seq(x):  # (B, H, W, nh, D) -> contiguous (B, nh, N, D) in class-major order
+        # (inductor's CPU flex template finds no kernel for non-contiguous (B, N, nh, D) views)
+        return x.reshape(B, H * W, nh, x.shape[-1]).transpose(1, 2).index_select(2, order)
+
+    score_mod = None
+    if rpb is not None:
+        table = rpb.to(q.dtype)
+
+        def rpb_score_mod(score, b, h, q_idx, kv_idx):
+            # clamp: flex also evaluates score_mod on masked pairs of partial blocks
+            ir = ((row[kv_idx] - row[q_idx]) // dh + kh - 1).clamp(0, 2 * kh - 2)
+            ic = ((col[kv_idx] - col[q_idx]) // dw + kw - 1).clamp(0, 2 * kw - 2)
+            return score + table[h, ir, ic]
+
+        score_mod = rpb_score_mod
+
+    args = (to_seq(q), to_seq(k), to_seq(v))
+    kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale)
+    if not compiled or torch.compiler.is_compiling():
+        # inside an outer torch.compile the call is traced into that graph (and fused there)
+        out = flex_attention(*args, **kwargs)
+    else:
+        with torch._dynamo.config.patch(recompile_limit=FLEX_RECOMPILE_LIMIT):
+            out = _flex_compiled()(*args, **kwargs)
+    out = out.index_select(2, inverse).transpose(1, 2)
+    return out.reshape(B, H, W, nh, hv)
+
+
+def _flex_unsupported(q, k, v, rpb) -> Optional[str]:
+    """Why flex cannot run these inputs (``None`` if it can)."""
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        return f"dtype {q.dtype} is not supported by flex_attention"
+    if q.device.type == "cpu" and torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, rpb)
+    ):
+        return "torch's flex_attention has no backward on CPU (torch <= 2.14); use backend='torch' or run under torch.no_grad()"
+    return None
+
 # ------------------------------------------------------------------------------------------------
 # Public entry point
 
-_BACKENDS = ("auto", "torch", "reference", "natten")
+_BACKENDS = ("auto", "torch", "reference", "natten", "flex", "flex-eager")
+
+
+_FLEX_AUTO_HEAD_DIMS = (16, 32, 64, 128, 256)
+"""Head dims for which ``"auto"`` picks flex on CUDA (flex's well-trodden sizes; NAT/DiNAT use 32)."""
+
+
+def choose_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor]) -> str:
+    """The backend ``backend="auto"`` runs (the one place where backends are chosen).
+
+    * CUDA: NATTEN when installed and there is no ``rpb``; else compiled ``"flex"`` (fused,
+      block-sparse) for fp16/bf16/fp32/fp64 and equal q/v head dims in ``_FLEX_AUTO_HEAD_DIMS``,
+      except inside an outer ``torch.compile`` trace, where ``"torch"`` is used (verified to
+      compile with ``fullgraph=True``; flex needs its block mask built eagerly first, see
+      :func:`_flex_tables`); else ``"torch"``.
+    * CPU and other devices: ``"torch"`` (tiled). Measured on CPU (``benchmarks/na2d.py``): the
+      tiled path is several times faster than compiled flex, and flex has no CPU backward.
+    """
+    if q.is_cuda and not is_tracing(q):
+        if rpb is None and natten_available():
+            return "natten"
+        if _flex_unsupported(q, k, v, rpb) is None and q.shape[-1] == v.shape[-1] and q.shape[-1] in _FLEX_AUTO_HEAD_DIMS:
+            return "flex"
+    return "torch"
+
+
+def _is_full_window(H: int, W: int, ks: Tuple[int, int]) -> bool:
+    """True when every query's window is the whole map (``K == L`` on both axes, so ``d == 1``)."""
+    return ks[0] == H and ks[1] == W
+
+
+def _na2d_full(q, k, v, ks, rpb, scale):
+    """NA when the window is the whole map: full attention plus the relative bias, via SDPA.
+
+    With ``K == H`` and ``K == W`` each query ``(i, j)`` sees every key and the bias index is
+    ``(kr - i + K - 1, kc - j + K - 1)``; the ``(heads, N, N)`` bias is at most ``heads * K^4``.
+    """
+    B, H, W, nh, hd = q.shape
+    N = H * W
+    bias = None
+    if rpb is not None:
+        ir = torch.arange(H, device=q.device)
+        ic = torch.arange(W, device=q.device)
+        dr = ir[None, :] - ir[:, None] + ks[0] - 1  # [query row, key row]
+        dc = ic[None, :] - ic[:, None] + ks[1] - 1
+        bias = rpb.to(q.dtype)[:, dr[:, None, :, None], dc[None, :, None, :]].reshape(nh, N, N)
+    qf, kf, vf = (x.reshape(B, N, nh, x.shape[-1]).transpose(1, 2) for x in (q, k, v))
+    out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=bias, scale=scale)
+    return out.transpose(1, 2).reshape(B, H, W, nh, v.shape[-1])
 
 
 def na2d(
@@ -385,9 +601,14 @@ def na2d(
         rpb: optional relative position bias, ``(heads, 2kh-1, 2kw-1)``; entry ``[h, K-1, K-1]``
             is the bias of a query to itself (see module docstring for the indexing).
         scale: attention logit scale; default ``head_dim ** -0.5``.
-        backend: ``"auto"`` (NATTEN when installed, on CUDA, without rpb; else ``"torch"``),
-            ``"torch"`` (tiled pure-PyTorch path, linear in ``H*W``, CPU and CUDA, autograd),
-            ``"reference"`` (dense masked attention, ``O((H*W)^2)``), or ``"natten"``.
+        backend: ``"auto"`` (see :func:`choose_backend`),
+            ``"torch"`` (tiled pure-PyTorch path, linear in ``H*W``, any device, autograd; when the
+            window is the whole map it runs fused SDPA with the bias instead),
+            ``"reference"`` (dense masked attention, ``O((H*W)^2)``),
+            ``"flex"`` (``torch.compile``-d ``flex_attention`` with a block-sparse NA mask and an rpb
+            ``score_mod``; CUDA forward+backward, CPU forward only),
+            ``"flex-eager"`` (the same mask/score functions through uncompiled ``flex_attention``,
+            which PyTorch evaluates densely, ``O((H*W)^2)``; for tests), or ``"natten"``.
         tile_size: query tile (int or pair, class-local units) for the ``"torch"`` backend;
             default :func:`default_tile_size`. Any value gives the same result.
 
@@ -396,14 +617,15 @@ def na2d(
 
     Raises:
         ValueError: see :func:`check_na2d_args`; an unknown backend; ``"natten"`` requested
-            with an ``rpb`` or without NATTEN installed.
+            with an ``rpb`` or without NATTEN installed; ``"flex"``/``"flex-eager"`` with a dtype
+            flex does not take or with inputs that require grad on CPU (no CPU flex backward).
     """
     if backend not in _BACKENDS:
         raise ValueError(f"na2d: unknown backend {backend!r}; choose one of {_BACKENDS}")
     ks, dil = check_na2d_args(q, k, v, kernel_size, dilation, rpb)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if backend == "auto":
-        backend = "natten" if (q.is_cuda and rpb is None and natten_available()) else "torch"
+        backend = choose_backend(q, k, v, rpb)
     if backend == "natten":
         if rpb is not None:
             raise ValueError("na2d: the NATTEN backend has no relative position bias (dropped in NATTEN 0.20); use backend='torch'")
@@ -412,5 +634,12 @@ def na2d(
         return _na2d_natten(q, k, v, ks, dil, scale)
     if backend == "reference":
         return na2d_reference(q, k, v, ks, dil, rpb, scale)
+    if backend in ("flex", "flex-eager"):
+        why = _flex_unsupported(q, k, v, rpb)
+        if why is not None:
+            raise ValueError(f"na2d: backend={backend!r} cannot run these inputs: {why}")
+        return _na2d_flex(q, k, v, ks, dil, rpb, scale, compiled=backend == "flex")
+    if _is_full_window(q.shape[1], q.shape[2], ks):
+        return _na2d_full(q, k, v, ks, rpb, scale)
     tile = None if tile_size is None else _pair(tile_size, "tile_size")
     return _na2d_tiled(q, k, v, ks, dil, rpb, scale, tile)
