@@ -138,11 +138,14 @@ def test_features_only(name):
     m = timm.create_model(name, features_only=True).eval()
     info = m.feature_info
     x = torch.randn(1, 3, 96, 128)
-    with torch.no_grad():
-        outs = m(x)
+    outs = m(x)
     assert len(outs) == len(info.out_indices) >= 3
     for o, c, r in zip(outs, info.channels(), info.reduction()):
         assert o.shape[1] == c and o.shape[-2] == -(-96 // r) and o.shape[-1] == -(-128 // r)
+    # every kept parameter feeds a feature map (DDP refuses parameters without gradients, e.g. a
+    # classifier head's norm/pre-logits left behind by features_only)
+    sum(o.square().mean() for o in outs).backward()
+    assert [k for k, p in m.named_parameters() if p.grad is None] == []
 
 
 @pytest.mark.parametrize("name", sorted(SMALLEST.values()))

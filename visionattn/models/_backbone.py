@@ -268,6 +268,7 @@ class HierarchicalBackbone(nn.Module):
         if prune_norm or pruned:
             self.norm = nn.Identity()
         if prune_head or pruned:
-            # a head sized for the removed stages cannot stay: drop its norm/pre-logits too (as timm)
-            self.reset_classifier(0, "", reset_other=pruned)
+            # the features never reach the head: drop its norm/pre-logits too, as timm's MaxViT/DaViT do
+            # (parameters left without gradients would make DDP fail)
+            self.reset_classifier(0, "", reset_other=True)
         return take_indices
