@@ -529,26 +529,21 @@ def _flex_unsupported(q, k, v, rpb) -> Optional[str]:
 _BACKENDS = ("auto", "torch", "reference", "natten", "flex", "flex-eager")
 
 
-_FLEX_AUTO_HEAD_DIMS = (16, 32, 64, 128, 256)
-"""Head dims for which ``"auto"`` picks flex on CUDA (flex's well-trodden sizes; NAT/DiNAT use 32)."""
-
-
 def choose_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: Optional[torch.Tensor]) -> str:
     """The backend ``backend="auto"`` runs (the one place where backends are chosen).
 
-    * CUDA: NATTEN when installed and there is no ``rpb``; else compiled ``"flex"`` (fused,
-      block-sparse) for fp16/bf16/fp32/fp64 and equal q/v head dims in ``_FLEX_AUTO_HEAD_DIMS``,
-      except inside an outer ``torch.compile`` trace, where ``"torch"`` is used (verified to
-      compile with ``fullgraph=True``; flex needs its block mask built eagerly first, see
-      :func:`_flex_tables`); else ``"torch"``.
+    * CUDA: NATTEN when installed and there is no ``rpb`` (outside ``torch.compile`` traces);
+      else ``"torch"`` (tiled).
     * CPU and other devices: ``"torch"`` (tiled). Measured on CPU (``benchmarks/na2d.py``): the
       tiled path is several times faster than compiled flex, and flex has no CPU backward.
+
+    Compiled ``"flex"`` is opt-in (``backend="flex"``), not the CUDA default, until it has been
+    measured on a GPU: it compiles once per map size (multi-scale detection training feeds many
+    sizes, and past dynamo's recompile limit flex falls back to its dense O((H*W)^2) eager path),
+    and its CUDA speed against the tiled path is not yet recorded in ``benchmarks/``.
     """
-    if q.is_cuda and not is_tracing(q):
-        if rpb is None and natten_available():
-            return "natten"
-        if _flex_unsupported(q, k, v, rpb) is None and q.shape[-1] == v.shape[-1] and q.shape[-1] in _FLEX_AUTO_HEAD_DIMS:
-            return "flex"
+    if q.is_cuda and not is_tracing(q) and rpb is None and natten_available():
+        return "natten"
     return "torch"
 
 
