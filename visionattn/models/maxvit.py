@@ -164,8 +164,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MaxViT) -> 
     The layouts coincide except for the relative position tables:
     ``*.attn.rel_pos.relative_position_bias_table`` ``(heads, 2P-1, 2P-1)`` -> ``*.attn.rpb``
     (same indexing, see :mod:`visionattn.layers.window`). A table trained for another window
-    (e.g. 224 weights into a 384 model) is resized bicubically to the model's window, as the
-    official fine-tuning (``scale_ratio``) and timm do. Wrapped checkpoints (``model`` /
+    (e.g. 224 weights into a 384 model) is resized to the model's window by plain bicubic
+    interpolation (``align_corners=False``). This is neither the official TF fine-tuning's
+    bilinear resize (``scale_ratio``) nor timm's BEiT-style geometric-progression resize
+    (``resize_rel_pos_bias_table``), so a fine-tune started from resized tables starts from
+    slightly different biases than either; released ``_384``/``_512`` weights carry their own
+    tables and are not resized. Wrapped checkpoints (``model`` /
     ``state_dict``) and ``module.`` prefixes are accepted.
 
     Raises:
