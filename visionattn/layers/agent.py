@@ -34,7 +34,9 @@ tensor, so a checkpoint trained at one resolution loaded into a model built for 
 exactly the outputs of the original model run at the new size.
 
 The two attentions use ``F.scaled_dot_product_attention`` with the bias as an additive float
-mask (the math of ``softmax(s * q k^T + B) v``).
+mask (the math of ``softmax(s * q k^T + B) v``), except when training on CPU, where they
+are explicit products with ``s`` applied to the agents (SDPA's math path, the CPU path with a mask,
+would save a ``sqrt(s)``-scaled copy of the ``(B, N, C)`` keys / queries for backward).
 """
 from __future__ import annotations
 
@@ -224,8 +226,19 @@ class AgentAttention(nn.Module):
         qh, kh, vh = heads(q), heads(k), heads(v)
         b1, b2 = self.agent_biases(H, W)
         drop = self.attn_drop if self.training else 0.0
-        agent_v = F.scaled_dot_product_attention(agents, kh, vh, attn_mask=b1.to(q.dtype)[None], dropout_p=drop, scale=self.scale)
-        out = F.scaled_dot_product_attention(qh, agents, agent_v, attn_mask=b2.to(q.dtype)[None], dropout_p=drop, scale=self.scale)
+        if q.device.type == "cpu" and torch.is_grad_enabled() and (q.requires_grad or b1.requires_grad):
+            # Training on CPU: explicit products with the scale on the small agent side. SDPA's math path
+            # (the CPU path with an additive mask and autograd) scales both operands by sqrt(scale)
+            # and saves the scaled (B, m, N, d) copy of K (and of Q) for backward; here only views
+            # of the q / kv outputs (already saved by the pool / DWC) and (n x N) maps are saved.
+            a_s = agents * self.scale
+            attn = torch.softmax(a_s @ kh.transpose(-2, -1) + b1.to(q.dtype), dim=-1)
+            agent_v = F.dropout(attn, drop, training=True) @ vh if drop else attn @ vh
+            attn = torch.softmax(qh @ a_s.transpose(-2, -1) + b2.to(q.dtype), dim=-1)
+            out = F.dropout(attn, drop, training=True) @ agent_v if drop else attn @ agent_v
+        else:
+            agent_v = F.scaled_dot_product_attention(agents, kh, vh, attn_mask=b1.to(q.dtype)[None], dropout_p=drop, scale=self.scale)
+            out = F.scaled_dot_product_attention(qh, agents, agent_v, attn_mask=b2.to(q.dtype)[None], dropout_p=drop, scale=self.scale)
         out = out.transpose(1, 2).reshape(B, N, C)
         v_img = v[:, P:].reshape(B, H, W, C).permute(0, 3, 1, 2)
         local = self.dwc(v_img).permute(0, 2, 3, 1).reshape(B, H * W, C)
