@@ -83,15 +83,6 @@ class Stage(nn.Module):
             x = self.blocks(x)
         return x
 
-    def layers(self) -> Sequence[nn.Module]:
-        """The stage as a flat sequence (downsample, then each block), for callers that run it
-        layer by layer so that no frame keeps a finished layer's input alive (see
-        :meth:`HierarchicalBackbone.forward_features`); empty when gradient checkpointing is on,
-        in which case the stage must be called as a whole."""
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return ()
-        return (self.downsample, *self.blocks)
-
 
 class HierarchicalBackbone(nn.Module):
     """Stem, stages and head with timm's full model contract.
@@ -209,15 +200,7 @@ class HierarchicalBackbone(nn.Module):
         """``(B, in_chans, H, W) -> (B, num_features, H/32, W/32)`` (NCHW, after the final norm)."""
         self._check_input(x)
         x = self.stem(x)
-        for stage in self.stages:
-            # layer by layer, rebinding ``x``: calling ``stage(x)`` would keep the stage's input
-            # (e.g. the stem output) alive in this frame until the whole stage returns, one
-            # activation more at the peak than the official loops over blocks
-            layers = stage.layers()
-            if not layers:
-                x = stage(x)
-            for layer in layers:
-                x = layer(x)
+        x = self.stages(x)
         x = self.norm(x)
         return x.permute(0, 3, 1, 2)
 
