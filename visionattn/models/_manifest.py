@@ -18,7 +18,8 @@ package reads. Packaging needs one line (``[tool.setuptools.package-data]``
 ``"visionattn.models" = ["pretrained.yaml"]``).
 
 How a cfg is generated (:func:`manifest_cfgs`): ``base(**overrides)``, where ``base`` is the
-family file's ``_cfg`` (structural defaults: first conv, classifier, mean/std, paper, origin) and
+family file's ``_cfg`` (:func:`family_cfg`: the shared fields, then the family's first conv,
+crop, mean/std, paper, origin) and
 the overrides are the entry's ``cfg`` fields plus
 
 * ``url``: the entry's ``download_url`` (official file, converted on load by the family's
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 import yaml
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 __all__ = [
     "HUB_ORG",
@@ -52,6 +54,7 @@ __all__ = [
     "manifest_entries",
     "get_entry",
     "is_published",
+    "family_cfg",
     "cfg_for_entry",
     "manifest_cfgs",
     "dump_manifest",
@@ -191,6 +194,32 @@ def is_published(entry: Mapping[str, Any]) -> bool:
     if entry.get("converted", {}).get("sha256"):
         return True
     return not hub.startswith(HUB_ORG + "/")
+
+
+def family_cfg(**family: Any) -> Callable[..., Dict[str, Any]]:
+    """The ``_cfg(**overrides) -> dict`` base of one family's pretrained cfgs.
+
+    Starts from the fields every family of the zoo shares (ImageNet-1k head, 224x224 input,
+    7x7 pooled map, bicubic resize, ImageNet mean/std, classifier ``head.fc``, no URL), then the
+    family's structural fields (``first_conv``, ``crop_pct``, paper, origin, licence, notes, ...)
+    given here, then the per-tag overrides of :func:`cfg_for_entry`. Field names are timm's
+    pretrained-cfg keys (``timm.models.PretrainedCfg``).
+    """
+    common: Dict[str, Any] = {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "classifier": "head.fc",
+    }
+
+    def _cfg(**overrides: Any) -> Dict[str, Any]:
+        return {**common, **family, **overrides}
+
+    return _cfg
 
 
 def cfg_for_entry(entry: Mapping[str, Any], base: Callable[..., Dict[str, Any]]) -> Dict[str, Any]:

@@ -56,7 +56,6 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Attention, resample_abs_pos_embed, trunc_normal_
 from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
@@ -68,7 +67,7 @@ from ..layers.pos import resize_rel_pos_table
 from ..layers.window import WindowAttention
 from . import cswin as _cswin
 from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights, per_stage
-from ._manifest import manifest_cfgs
+from ._manifest import family_cfg, manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["AgentPVT", "AgentDeiT", "AgentSwin", "AgentCSWin", "PosPatchEmbed", "TokenHead", "checkpoint_filter_fn"]
@@ -661,29 +660,19 @@ def checkpoint_filter_fn(state_dict: Mapping, model: nn.Module, prefer_ema: Opti
 _ORIGIN = "https://github.com/LeapLabTHU/Agent-Attention"
 
 
-def _cfg(url: str = "", **kwargs) -> Dict:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "crop_mode": "squash",
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.proj",
-        "classifier": "head.fc",
-        "license": "unknown",
-        "origin_url": _ORIGIN,
-        "paper_ids": "arXiv:2312.08874",
-        "paper_name": "Agent Attention: On the Integration of Softmax and Linear Attention",
-        "notes": (
-            "no licence file in the official repository",
-            "official eval: square resize to 256/224 x size, then center crop (crop_mode 'squash')",
-        ),
-        **kwargs,
-    }
+_cfg = family_cfg(
+    crop_pct=0.875,
+    crop_mode="squash",
+    first_conv="stem.proj",
+    license="unknown",
+    origin_url=_ORIGIN,
+    paper_ids="arXiv:2312.08874",
+    paper_name="Agent Attention: On the Integration of Softmax and Linear Attention",
+    notes=(
+        "no licence file in the official repository",
+        "official eval: square resize to 256/224 x size, then center crop (crop_mode 'squash')",
+    ),
+)
 
 
 default_cfgs = generate_default_cfgs(manifest_cfgs("agent", _cfg))

@@ -36,14 +36,13 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs
 
 from ..layers.block import TransformerBlock
 from ..layers.conv import ConvPosEnc
 from ..layers.routing import AttentionLePE, BiLevelRoutingAttention
 from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights, per_stage
-from ._manifest import manifest_cfgs
+from ._manifest import family_cfg, manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["BiFormer", "checkpoint_filter_fn"]
@@ -288,24 +287,14 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 _ORIGIN = "https://github.com/rayleizhu/BiFormer"
 
 
-def _cfg(url: str = "", **kwargs) -> Dict:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,  # datasets.py: Resize(256/224 * S, bicubic) + CenterCrop(S)
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.0",
-        "classifier": "head.fc",
-        "license": "mit",
-        "origin_url": _ORIGIN,
-        "paper_ids": "arXiv:2303.08810",
-        "paper_name": "BiFormer: Vision Transformer with Bi-Level Routing Attention",
-        **kwargs,
-    }
+_cfg = family_cfg(
+    crop_pct=0.875,  # datasets.py: Resize(256/224 * S, bicubic) + CenterCrop(S)
+    first_conv="stem.0",
+    license="mit",
+    origin_url=_ORIGIN,
+    paper_ids="arXiv:2303.08810",
+    paper_name="BiFormer: Vision Transformer with Bi-Level Routing Attention",
+)
 
 
 default_cfgs = generate_default_cfgs(manifest_cfgs("biformer", _cfg))  # per-tag data: visionattn/models/pretrained.yaml

@@ -49,14 +49,13 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs
 
 from ..layers.block import TransformerBlock
 from ..layers.conv import ConvDownsampler
 from ..layers.cross_shaped import CrossShapedWindowAttention
 from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights
-from ._manifest import manifest_cfgs
+from ._manifest import family_cfg, manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["CSWin", "CSWinStem", "checkpoint_filter_fn", "load_official_checkpoint"]
@@ -323,25 +322,15 @@ _EMA_NOTE = (
 )
 
 
-def _cfg(url: str = "", **kwargs) -> Dict:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.conv",
-        "classifier": "head.fc",
-        "license": "mit",
-        "origin_url": _ORIGIN,
-        "paper_ids": "arXiv:2107.00652",
-        "paper_name": "CSWin Transformer: A General Vision Transformer Backbone with Cross-Shaped Windows",
-        "notes": (_EMA_NOTE,),
-        **kwargs,
-    }
+_cfg = family_cfg(
+    crop_pct=0.9,
+    first_conv="stem.conv",
+    license="mit",
+    origin_url=_ORIGIN,
+    paper_ids="arXiv:2107.00652",
+    paper_name="CSWin Transformer: A General Vision Transformer Backbone with Cross-Shaped Windows",
+    notes=(_EMA_NOTE,),
+)
 
 
 default_cfgs = generate_default_cfgs(manifest_cfgs("cswin", _cfg))  # per-tag data: visionattn/models/pretrained.yaml

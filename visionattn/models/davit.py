@@ -34,7 +34,6 @@ from typing import Dict, Sequence
 
 import torch
 from torch import nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import LayerNorm2d, NormMlpClassifierHead
 from timm.models import generate_default_cfgs
 
@@ -43,7 +42,7 @@ from ..layers.channel import ChannelGroupAttention
 from ..layers.conv import ConvLNStem, ConvPosEnc, LNConvDownsample
 from ..layers.window import WindowAttention
 from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights
-from ._manifest import manifest_cfgs
+from ._manifest import family_cfg, manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["DaViT", "checkpoint_filter_fn"]
@@ -191,24 +190,14 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: DaViT) -> D
 _ORIGIN = "https://github.com/dingmyu/davit"
 
 
-def _cfg(url: str = "", **kwargs) -> Dict:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.95,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.conv",
-        "classifier": "head.fc",
-        "license": "mit",
-        "origin_url": _ORIGIN,
-        "paper_ids": "arXiv:2204.03645",
-        "paper_name": "DaViT: Dual Attention Vision Transformers",
-        **kwargs,
-    }
+_cfg = family_cfg(
+    crop_pct=0.95,
+    first_conv="stem.conv",
+    license="mit",
+    origin_url=_ORIGIN,
+    paper_ids="arXiv:2204.03645",
+    paper_name="DaViT: Dual Attention Vision Transformers",
+)
 
 
 default_cfgs = generate_default_cfgs(manifest_cfgs("davit", _cfg))

@@ -35,7 +35,6 @@ from typing import Dict, Sequence, Tuple, Union
 
 import torch
 from torch import nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import LayerNorm2d, NormMlpClassifierHead, get_act_layer, to_2tuple
 from timm.models import generate_default_cfgs
 
@@ -44,7 +43,7 @@ from ..layers.conv import ConvBNStem, MBConv
 from ..layers.pos import resize_rel_pos_table
 from ..layers.window import WindowAttention
 from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights
-from ._manifest import manifest_cfgs
+from ._manifest import family_cfg, manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["MaxViT", "checkpoint_filter_fn"]
@@ -198,25 +197,17 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MaxViT) -> 
 _ORIGIN = "https://github.com/google-research/maxvit"
 
 
-def _cfg(url: str = "", **kwargs) -> Dict:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.95,
-        "interpolation": "bicubic",
-        "mean": (0.5, 0.5, 0.5),
-        "std": (0.5, 0.5, 0.5),
-        "first_conv": "stem.conv1",
-        "classifier": "head.fc",
-        "fixed_input_size": False,
-        "license": "apache-2.0",
-        "origin_url": _ORIGIN,
-        "paper_ids": "arXiv:2204.01697",
-        "paper_name": "MaxViT: Multi-Axis Vision Transformer",
-        **kwargs,
-    }
+_cfg = family_cfg(
+    crop_pct=0.95,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    first_conv="stem.conv1",
+    fixed_input_size=False,
+    license="apache-2.0",
+    origin_url=_ORIGIN,
+    paper_ids="arXiv:2204.01697",
+    paper_name="MaxViT: Multi-Axis Vision Transformer",
+)
 
 
 default_cfgs = generate_default_cfgs(manifest_cfgs("maxvit", _cfg))

@@ -28,7 +28,6 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs
 
 from ..layers.block import TransformerBlock
@@ -37,7 +36,7 @@ from ..layers.neighborhood import NeighborhoodAttention2d
 from ..layers.pos import relative_position_index, resize_rel_pos_table
 from ..layers.window import WindowAttention
 from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights, per_stage
-from ._manifest import manifest_cfgs
+from ._manifest import family_cfg, manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
 __all__ = ["NAT", "NATIsotropic", "checkpoint_filter_fn"]
@@ -343,24 +342,14 @@ def _resize_rpb_tables(sd: Dict[str, torch.Tensor], model: nn.Module) -> None:
 _ORIGIN = "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer"
 
 
-def _cfg(url: str = "", **kwargs) -> Dict:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.proj.0",
-        "classifier": "head.fc",
-        "license": "mit",
-        "origin_url": _ORIGIN,
-        "paper_ids": "arXiv:2204.07143",
-        "paper_name": "Neighborhood Attention Transformer",
-        **kwargs,
-    }
+_cfg = family_cfg(
+    crop_pct=0.875,
+    first_conv="stem.proj.0",
+    license="mit",
+    origin_url=_ORIGIN,
+    paper_ids="arXiv:2204.07143",
+    paper_name="Neighborhood Attention Transformer",
+)
 
 
 default_cfgs = generate_default_cfgs(manifest_cfgs("nat", _cfg))
