@@ -64,6 +64,7 @@ import torch.nn.functional as F
 import timm
 
 from .flops import count_gmacs, unexpected_uncounted
+from .train import run_cli
 
 __all__ = [
     "PAPER_GMACS",
@@ -674,12 +675,7 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]], patterns: List
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point (``visionattn-benchmark``); returns the exit status."""
-    try:
-        main(argv)
-    except ValueError as e:
-        print(f"visionattn-benchmark: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(main, argv, errors=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ from visionattn.detection import (CocoDetection, GroupedBatchSampler, ShardedSam
 from visionattn.detection.builders import DETECTORS
 from visionattn.detection.engine import (NO_DECAY_KEYWORDS, SCHEDULES, WarmupMultiStep, evaluate, init_distributed,
                                          is_main, param_groups, train_one_epoch, unwrap)
-from visionattn.tools.train import (UsageError, atomic_write, atomic_write_text, get_rng_state, parse_model_kwargs,
+from visionattn.tools.train import (RESUME_HINT, UsageError, run_cli, atomic_write, atomic_write_text, get_rng_state, parse_model_kwargs,
                                     resolve_amp, set_rng_state)
 
 CHECKPOINT_NAME = "last.pth.tar"
@@ -498,16 +498,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry: run :func:`main`, print user errors without a traceback."""
-    try:
-        main(argv)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; the last completed epoch is in OUTPUT/last.pth.tar, continue with --resume auto",
-              file=sys.stderr)
-        return 130
-    return 0
+    return run_cli(main, argv, interrupted=RESUME_HINT)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ import torch
 
 from ..models import _manifest
 from ..models._hub import CheckpointFileError, read_checkpoint, sha256_file
-from .train import UsageError
+from .train import UsageError, run_cli
 
 __all__ = ["build_parser", "main", "cli", "convert", "ConversionError", "model_card"]
 
@@ -403,12 +403,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry: print user and file errors without a traceback."""
     from ..models._registry import CheckpointKeyError
 
-    try:
-        main(argv)
-    except (UsageError, CheckpointFileError, CheckpointKeyError, ConversionError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(main, argv, errors=(UsageError, CheckpointFileError, CheckpointKeyError, ConversionError, FileNotFoundError))
 
 
 if __name__ == "__main__":

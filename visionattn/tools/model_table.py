@@ -33,7 +33,7 @@ from unittest import mock
 import torch
 
 from ..models import _manifest
-from .train import UsageError, atomic_write_text
+from .train import UsageError, atomic_write_text, run_cli
 
 __all__ = ["build_parser", "main", "cli", "count_params_meta", "read_zoo_gmacs", "render_table", "replace_between_markers"]
 
@@ -174,12 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry: 0 on success, 1 when ``--check`` finds a stale table, 2 on usage errors."""
-    try:
-        result = main(argv)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 1 if result.get("up_to_date") is False else 0
+    return run_cli(main, argv, status=lambda result: 1 if result.get("up_to_date") is False else 0)
 
 
 if __name__ == "__main__":

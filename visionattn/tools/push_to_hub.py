@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..models import _manifest
 from ..models._hub import sha256_file
-from .train import UsageError
+from .train import UsageError, run_cli
 
 __all__ = ["build_parser", "main", "cli", "plan_upload", "git_blob_id"]
 
@@ -173,12 +173,7 @@ def main(argv: Optional[Sequence[str]] = None, api=None) -> Dict[str, Any]:
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry: print user errors without a traceback."""
-    try:
-        main(argv)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,31 @@ class UsageError(ValueError):
     """A command-line or setup mistake; the CLI prints it as ``error: ...`` without a traceback."""
 
 
+RESUME_HINT = "the last completed epoch is in OUTPUT/last.pth.tar, continue with --resume auto"
+
+
+def run_cli(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None, *,
+            errors: Tuple[type, ...] = (UsageError,), interrupted: Optional[str] = None,
+            status: Callable[[Any], int] = lambda result: 0) -> int:
+    """The console entry of every tool: run ``main(argv)`` and turn the outcome into an exit status.
+
+    Returns ``status(result)`` (0 by default); 2 after printing ``error: <message>`` (no
+    traceback) for an exception of a type in ``errors``; 130 on Ctrl-C when ``interrupted`` (a
+    hint printed then) is given, otherwise the interrupt propagates. Other exceptions propagate.
+    """
+    try:
+        result = main(argv)
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if interrupted is None:
+            raise
+        print(f"\ninterrupted; {interrupted}", file=sys.stderr)
+        return 130
+    return status(result)
+
+
 # --------------------------------------------------------------------------------------------
 # Small utilities: atomic writes, argument parsing
 # --------------------------------------------------------------------------------------------
@@ -1734,16 +1759,7 @@ def _demo_predictions(model: nn.Module, val_ds, device: torch.device, label_name
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry: run :func:`main`, print user errors without a traceback."""
-    try:
-        main(argv)
-    except (UsageError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; the last completed epoch is in OUTPUT/last.pth.tar, continue with --resume auto",
-              file=sys.stderr)
-        return 130
-    return 0
+    return run_cli(main, argv, errors=(UsageError, FileExistsError), interrupted=RESUME_HINT)
 
 
 if __name__ == "__main__":

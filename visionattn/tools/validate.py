@@ -53,7 +53,7 @@ import visionattn  # noqa: F401  (registers the zoo's models with timm)
 from visionattn.tools.train import (
     DEMO_NUM_CLASSES, UsageError, _jsonable, atomic_write_text, balanced_subset, build_demo_datasets,
     build_folder_datasets, dataset_targets, evaluate, make_loader, parse_model_kwargs, resolve_amp,
-    resolve_device,
+    resolve_device, run_cli,
 )
 
 DEFAULT_BATCH_SIZE = 128
@@ -359,12 +359,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry: run :func:`main`, print user errors without a traceback."""
-    try:
-        main(argv)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(main, argv)
 
 
 if __name__ == "__main__":
