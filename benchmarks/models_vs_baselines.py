@@ -332,7 +332,7 @@ def plot_ratios(path: str, rows: List[Dict[str, Any]]) -> Optional[str]:
     ax.set_xlabel("time ratio ours / baseline, median of per-round ratios (< 1: visionattn faster; grey band: within +-10 %, noise)")
     ax.set_title("visionattn tiny models vs timm / official implementations")
     fig.tight_layout()
-    from visionattn.tools.train import atomic_write
+    from visionattn.engine.files import atomic_write
     import io
 
     buf = io.BytesIO()

@@ -53,7 +53,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from visionattn.ops import na2d
-from visionattn.tools.train import atomic_write, atomic_write_text
+from visionattn.engine.files import atomic_write, atomic_write_text
 
 warnings.filterwarnings("ignore", message=".*flex_attention.*")  # eager flex "use torch.compile" notice
 

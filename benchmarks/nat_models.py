@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 import visionattn  # noqa: F401 - registers the models with timm
 from visionattn.layers.neighborhood import NeighborhoodAttention2d
-from visionattn.tools.train import atomic_write_text
+from visionattn.engine.files import atomic_write_text
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from na2d import md_table, peak_bytes, read_rows, sync  # noqa: E402

@@ -22,7 +22,7 @@ import timm.layers
 import visionattn
 from visionattn.layers.neighborhood import NeighborhoodAttention2d
 from visionattn.tools import benchmark as bm
-from visionattn.tools.flops import UNCOUNTED_OK, count_gmacs, unexpected_uncounted
+from visionattn.engine.flops import UNCOUNTED_OK, count_gmacs, unexpected_uncounted
 
 
 @pytest.fixture(autouse=True)

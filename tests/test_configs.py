@@ -17,6 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import visionattn  # noqa: E402
+from visionattn.engine.cli import UsageError  # noqa: E402
 from visionattn.tools import train as train_tool  # noqa: E402
 
 CONFIG_DIR = ROOT / "configs" / "imagenet"
@@ -95,19 +96,19 @@ def test_agent_linear_lr_rule():
 def test_unknown_and_run_keys_are_rejected(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: dinat_mini\nlr: 1e-3\nlearning_rate: 0.1\n")
-    with pytest.raises(train_tool.UsageError, match="learning_rate.*not a train.py flag"):
+    with pytest.raises(UsageError, match="learning_rate.*not a train.py flag"):
         train_tool.load_config(bad)
     bad.write_text("model: dinat_mini\nlr: 1e-3\nmodel_ema_decy: 0.99\n")
-    with pytest.raises(train_tool.UsageError, match="did you mean model_ema_decay"):
+    with pytest.raises(UsageError, match="did you mean model_ema_decay"):
         train_tool.load_config(bad)
     bad.write_text("model: dinat_mini\nresume: auto\n")
-    with pytest.raises(train_tool.UsageError, match="names a run"):
+    with pytest.raises(UsageError, match="names a run"):
         train_tool.load_config(bad)
     bad.write_text("model: dinat_mini\namp: 1\n")
-    with pytest.raises(train_tool.UsageError, match="true or false"):
+    with pytest.raises(UsageError, match="true or false"):
         train_tool.load_config(bad)
     bad.write_text("- model\n- lr\n")
-    with pytest.raises(train_tool.UsageError, match="mapping"):
+    with pytest.raises(UsageError, match="mapping"):
         train_tool.load_config(bad)
     assert train_tool.cli(["-c", str(tmp_path / "missing.yaml")]) == 2
 

@@ -33,7 +33,7 @@ from visionattn.models import nat as nat_mod
 from visionattn.models._hub import CheckpointFileError, UnsafeCheckpointError, read_checkpoint, sha256_file
 from visionattn.models._registry import CheckpointKeyError
 from visionattn.tools import convert_checkpoint, model_table, push_to_hub
-from visionattn.tools.train import UsageError
+from visionattn.engine.cli import UsageError
 
 from _official_nat import OfficialIsotropic, OfficialNAT, randomize_
 

@@ -21,6 +21,9 @@ if str(ROOT) not in sys.path:
 
 from visionattn.tools import train as train_tool  # noqa: E402
 from visionattn.tools import validate as validate_tool  # noqa: E402
+from visionattn.engine.checkpoint import load_initial_checkpoint  # noqa: E402
+from visionattn.engine.cli import UsageError  # noqa: E402
+from visionattn.engine.model import create_model  # noqa: E402
 
 CIFAR10 = ROOT / ".." / "shared" / "data" / "cifar10"
 # A DiNAT shrunk to ~1.8M parameters (the demo's), written as the CLI takes it.
@@ -60,42 +63,6 @@ def short_demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
     summary = train_tool.main(SHORT_DEMO + ["--output", str(out), "--overwrite"])
     return out, summary
-
-
-def test_demo_digits_split_is_deterministic_and_stratified():
-    a, b = train_tool.load_digits_split(), train_tool.load_digits_split()
-    (xtr, ytr), (xva, yva) = a["train"], a["val"]
-    assert len(ytr) + len(yva) == train_tool.DEMO_NUM_SAMPLES == 1797
-    assert (len(ytr), len(yva)) == (1437, 360)
-    assert xtr.shape == (1437, 8, 8) and xva.shape == (360, 8, 8)
-    for split in ("train", "val"):
-        np.testing.assert_array_equal(a[split][0], b[split][0])
-        np.testing.assert_array_equal(a[split][1], b[split][1])
-    # stratified: every class keeps ~20% of its samples in the held-out split
-    counts_val, counts_all = np.bincount(yva, minlength=10), np.bincount(np.concatenate([ytr, yva]), minlength=10)
-    assert np.all(np.abs(counts_val - 0.2 * counts_all) <= 1)
-    # disjoint: no held-out scan also appears in the training split
-    train_rows = {x.tobytes() for x in xtr}
-    assert sum(x.tobytes() in train_rows for x in xva) <= 5  # a few digits are pixel-identical scans
-
-    ds = train_tool.DigitsDataset(xva, yva, img_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
-    x, y = ds[0]
-    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == int(yva[0])
-    assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])  # grey replicated to RGB
-    assert x.min() >= -2.0 - 1e-6 and x.max() <= 2.0 + 1e-6  # [0, 1] normalised by (0.5, 0.25)
-
-
-def test_balanced_subset_and_model_kwargs_parsing():
-    targets = [0] * 50 + [1] * 30 + [2] * 5
-    idx = train_tool.balanced_subset(targets, 12)
-    assert idx == train_tool.balanced_subset(targets, 12) and len(idx) == 12
-    assert np.bincount(np.asarray(targets)[idx]).tolist() == [4, 4, 4]
-    assert np.bincount(np.asarray(targets)[train_tool.balanced_subset(targets, 30)]).tolist() == [13, 12, 5]
-    assert train_tool.balanced_subset(targets, None) == list(range(85))
-    kw = train_tool.parse_model_kwargs(["depths=[2,2]", "mlp_ratio=2", "layer_scale=1e-5", "act=gelu", "x=null"])
-    assert kw == {"depths": [2, 2], "mlp_ratio": 2, "layer_scale": 1e-5, "act": "gelu", "x": None}
-    with pytest.raises(train_tool.UsageError, match="key=value"):
-        train_tool.parse_model_kwargs(["depths"])
 
 
 @pytest.mark.slow
@@ -262,7 +229,7 @@ def test_layer_decay_scales_follow_model_depth():
     layer i gets lr scale d**(9 - i), computed here from the parameter names. The 1-D parameters and
     the model's no_weight_decay() names (rpb tables) get no weight decay."""
     import re
-    model = train_tool.create_model("dinat_mini", 10, train_tool.DEMO_KWARGS)
+    model = create_model("dinat_mini", 10, train_tool.DEMO_KWARGS)
     args = train_tool.argparse.Namespace(opt="adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.5)
     opt = train_tool.build_optimizer(model, args)
     d, names = 0.5, {id(p): n for n, p in model.named_parameters()}
@@ -304,7 +271,7 @@ def test_mixup_targets_are_soft_and_training_runs(tmp_path):
     torch.testing.assert_close(soft.sum(1), torch.ones(8))
     assert soft.max() < 1.0 - 0.01  # smoothed and mixed, never one-hot
     assert not torch.equal(mixed, images)
-    with pytest.raises(train_tool.UsageError, match="even --batch-size"):
+    with pytest.raises(UsageError, match="even --batch-size"):
         train_tool.resolve_args(["--demo", "--mixup", "0.8", "--batch-size", "31"])
     summary = train_tool.main(["--demo", "--max-train-samples", "64", "--max-val-samples", "20", "--epochs", "1",
                                "--batch-size", "16", "--warmup-epochs", "0", "--mixup", "0.8", "--cutmix", "1.0",
@@ -320,23 +287,23 @@ def test_fine_tune_starts_reset_the_head(short_demo_run, tmp_path):
     classifier of another class count."""
     out, _ = short_demo_run
     ckpt = torch.load(out / "last.pth.tar", map_location="cpu", weights_only=True)
-    model = train_tool.create_model("dinat_mini", 5, train_tool.DEMO_KWARGS)
-    info = train_tool.load_initial_checkpoint(model, out / "last.pth.tar")
+    model = create_model("dinat_mini", 5, train_tool.DEMO_KWARGS)
+    info = load_initial_checkpoint(model, out / "last.pth.tar")
     assert sorted(info["skipped"]) == ["head.fc.bias", "head.fc.weight"]
     sd = model.state_dict()
     assert sd["head.fc.weight"].shape[0] == 5
     assert all(torch.equal(sd[k], v) for k, v in ckpt["model"].items() if not k.startswith("head.fc"))
-    train_tool.load_initial_checkpoint(model, out / "last.pth.tar", use_ema=True)
+    load_initial_checkpoint(model, out / "last.pth.tar", use_ema=True)
     assert torch.equal(model.state_dict()["stem.proj.0.weight"], ckpt["model_ema"]["stem.proj.0.weight"])
     weights = load_file(out / "model.safetensors")
     for n_classes in (5, 10):
-        m = train_tool.create_model("dinat_mini", n_classes, train_tool.DEMO_KWARGS,
+        m = create_model("dinat_mini", n_classes, train_tool.DEMO_KWARGS,
                                     pretrained_path=out / "model.safetensors")
         sd = m.state_dict()
         assert torch.equal(sd["stages.2.blocks.1.attn.qkv.weight"], weights["stages.2.blocks.1.attn.qkv.weight"])
         assert torch.equal(sd["head.fc.weight"], weights["head.fc.weight"]) == (n_classes == 10)
     # a training checkpoint as --pretrained-path is read with weights_only and unwrapped
-    m = train_tool.create_model("dinat_mini", 10, train_tool.DEMO_KWARGS, pretrained_path=out / "last.pth.tar")
+    m = create_model("dinat_mini", 10, train_tool.DEMO_KWARGS, pretrained_path=out / "last.pth.tar")
     assert torch.equal(m.state_dict()["head.fc.weight"], ckpt["model"]["head.fc.weight"])
 
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
@@ -22,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
+
+from visionattn.engine.distributed import init_distributed as _init_process_group
 
 from .evaluation import CocoEvaluator
 
@@ -47,25 +48,19 @@ def init_distributed(device_name: Optional[str] = None, timeout_s: int = 1800) -
     ``WORLD_SIZE > 1`` it initialises the default process group (``env://``): nccl and
     ``cuda:LOCAL_RANK`` on CUDA, gloo on CPU. ``device_name`` forces ``'cpu'`` or ``'cuda'``.
 
+    The process group is :func:`visionattn.engine.distributed.init_distributed`'s (the
+    classification trainer's), so both programs join it the same way.
+
     Raises:
-        ValueError: ``device_name='cuda'`` without CUDA, or an unknown device name.
+        ValueError: ``device_name='cuda'`` without CUDA (a ``UsageError``), or an unknown device name.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
     if device_name not in (None, "cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device_name!r}")
-    use_cuda = torch.cuda.is_available() if device_name is None else device_name == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
-    if use_cuda:
-        torch.cuda.set_device(local)
+    rank, world, device = _init_process_group(device_name, timeout_s=timeout_s)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda" and device.index is None:  # one process: still a numbered device
         device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s),
-                                **({"device_id": device} if use_cuda else {}))
+        torch.cuda.set_device(device)
     return {"rank": rank, "world_size": world, "local_rank": local, "device": device, "distributed": world > 1}
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
@@ -276,11 +277,19 @@ def dump_manifest(data: Mapping[str, Any]) -> str:
 
 def write_manifest(data: Mapping[str, Any], path: Optional[Union[str, os.PathLike]] = None) -> Path:
     """Validate ``data`` and write it atomically (temp file + rename) to ``path`` (default: the packaged manifest)."""
-    from ..tools.train import atomic_write_text
-
     _validate(data, "manifest to write")
     path = Path(path) if path is not None else manifest_path()
-    atomic_write_text(path, dump_manifest(data))
+    # temp file + rename, so a crash never leaves half a manifest (models/ may not import the
+    # engine layer's atomic_write: the import graph runs models -> engine -> tools)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(dump_manifest(data))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     if path == manifest_path():
         _load_default.cache_clear()
     return path

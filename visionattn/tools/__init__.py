@@ -7,5 +7,9 @@ ends to these modules, so ``python tools/train.py ...``, ``python -m visionattn.
 program. (timm's own ``train.py``/``validate.py``/``benchmark.py`` are not part of its wheel; ours
 are, so they can be imported and tested.)
 
+Each module is a program of one job; what they share (CLI runner, atomic writes, checkpoints,
+distributed setup, datasets and loaders, config files, reports) is :mod:`visionattn.engine`, and
+no tool imports another.
+
 Nothing here is imported by ``import visionattn``.
 """

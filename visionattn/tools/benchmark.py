@@ -63,8 +63,8 @@ import torch.nn.functional as F
 
 import timm
 
-from .flops import count_gmacs, unexpected_uncounted
-from .train import run_cli
+from visionattn.engine.flops import count_gmacs, unexpected_uncounted
+from visionattn.engine.cli import run_cli
 
 __all__ = [
     "PAPER_GMACS",
@@ -365,7 +365,7 @@ def _fmt(v: Any) -> str:
 
 def write_csv(path: str, rows: List[Dict[str, Any]]) -> str:
     """Write ``rows`` (dicts; union of keys in first-seen order) as CSV, atomically."""
-    from .train import atomic_write_text
+    from visionattn.engine.files import atomic_write_text
 
     keys: List[str] = []
     for r in rows:
@@ -409,7 +409,7 @@ def markdown_table(rows: List[Dict[str, Any]], columns: Sequence[str]) -> str:
 def write_markdown(path: str, title: str, header: Dict[str, str], tables: Sequence[Tuple[str, str]], notes: Sequence[str] = ()) -> str:
     """Write a result page: title, ``header`` as a bullet list (command, machine, versions,
     settings), then ``(heading, markdown table)`` sections and free-text ``notes``; atomic."""
-    from .train import atomic_write_text
+    from visionattn.engine.files import atomic_write_text
 
     out = [f"# {title}", ""]
     out += [f"- {k}: {v}" for k, v in header.items()]
@@ -451,7 +451,7 @@ def plot_throughput(path: str, rows: List[Dict[str, Any]], y: str = "infer_img_s
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    from .train import atomic_write
+    from visionattn.engine.files import atomic_write
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=130)

@@ -52,8 +52,11 @@ from visionattn.detection import (CocoDetection, GroupedBatchSampler, ShardedSam
 from visionattn.detection.builders import DETECTORS
 from visionattn.detection.engine import (NO_DECAY_KEYWORDS, SCHEDULES, WarmupMultiStep, evaluate, init_distributed,
                                          is_main, param_groups, train_one_epoch, unwrap)
-from visionattn.tools.train import (RESUME_HINT, UsageError, run_cli, atomic_write, atomic_write_text, get_rng_state, parse_model_kwargs,
-                                    resolve_amp, set_rng_state)
+from visionattn.engine.checkpoint import get_rng_state, set_rng_state
+from visionattn.engine.cli import RESUME_HINT, UsageError, run_cli
+from visionattn.engine.config import parse_model_kwargs
+from visionattn.engine.evaluation import resolve_amp
+from visionattn.engine.files import atomic_write, atomic_write_text
 
 CHECKPOINT_NAME = "last.pth.tar"
 

@@ -44,7 +44,7 @@ import torch
 
 from ..models import _manifest
 from ..models._hub import CheckpointFileError, read_checkpoint, sha256_file
-from .train import UsageError, run_cli
+from visionattn.engine.cli import UsageError, run_cli
 
 __all__ = ["build_parser", "main", "cli", "convert", "ConversionError", "model_card"]
 

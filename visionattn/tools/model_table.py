@@ -33,7 +33,8 @@ from unittest import mock
 import torch
 
 from ..models import _manifest
-from .train import UsageError, atomic_write_text, run_cli
+from visionattn.engine.cli import UsageError, run_cli
+from visionattn.engine.files import atomic_write_text
 
 __all__ = ["build_parser", "main", "cli", "count_params_meta", "read_zoo_gmacs", "render_table", "replace_between_markers"]
 

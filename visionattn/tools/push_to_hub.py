@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..models import _manifest
 from ..models._hub import sha256_file
-from .train import UsageError, run_cli
+from visionattn.engine.cli import UsageError, run_cli
 
 __all__ = ["build_parser", "main", "cli", "plan_upload", "git_blob_id"]
 

@@ -56,42 +56,46 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import datetime
-import difflib
-import io
 import json
 import os
-import random
-import re
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
-import yaml
 from tqdm import tqdm
 
 import timm
 import timm.models
-from timm.data import Mixup, create_dataset, create_transform, resolve_data_config
-from timm.data.distributed_sampler import RepeatAugSampler
+from timm.data import Mixup, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad, random_seed
+from timm.utils import ModelEmaV3, dispatch_clip_grad, random_seed
 
 import visionattn  # noqa: F401  (registers the zoo's models with timm)
+from visionattn.engine.checkpoint import (CHECKPOINT_NAME, CHECKPOINT_VERSION, CONFIG_NAME, WEIGHTS_NAME,
+                                          export_weights, get_all_rng_states, load_checkpoint, load_exported_model,
+                                          load_initial_checkpoint, save_checkpoint, set_rng_state)
+from visionattn.engine.cli import RESUME_HINT, UsageError, run_cli
+from visionattn.engine.config import add_bool, load_config as _load_config, parse_model_kwargs
+from visionattn.engine.data import (balanced_subset, build_folder_datasets, dataset_targets, eval_shard_indices,
+                                    make_loader, make_train_sampler)
+from visionattn.engine.digits import DEMO_NUM_CLASSES, build_demo_datasets
+from visionattn.engine.distributed import (all_reduce_sum, apply_fsdp, barrier, full_state_dict, init_distributed,
+                                           is_distributed, no_grad_sync, unwrap_model)
+from visionattn.engine.evaluation import autocast, evaluate, resolve_amp
+from visionattn.engine.files import atomic_write_text, jsonable
+from visionattn.engine.model import create_model
+from visionattn.engine.reports import (CURVES_NAME, LOG_JSON_NAME, LOG_NAME, SUMMARY_NAME, SUMMARY_TEXT_NAME,
+                                       plot_curves, summary_text, write_log_csv, write_log_json)
 
 # --------------------------------------------------------------------------------------------
-# Constants
+# Constants and defaults
 # --------------------------------------------------------------------------------------------
 DEMO_MODEL = "dinat_mini"
 #: Constructor kwargs that shrink ``dinat_mini`` to a model that trains in minutes on 2 CPU cores.
@@ -103,27 +107,10 @@ DEMO_KWARGS: Dict[str, Any] = dict(
     dilations=((1, 2), (1, 1), (1, 1), (1, 1)),
     mlp_ratio=2.0,
 )
-DEMO_NUM_CLASSES = 10
-DEMO_NUM_SAMPLES = 1797
-DEMO_SPLIT_SEED = 0  # the train/held-out split never depends on --seed
-DEMO_HELD_OUT_FRACTION = 0.2
-
-CHECKPOINT_NAME = "last.pth.tar"
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-LOG_NAME = "log.csv"
-LOG_JSON_NAME = "log.json"
-SUMMARY_NAME = "summary.json"
-SUMMARY_TEXT_NAME = "summary.txt"
-CURVES_NAME = "curves.png"
 EMA_DIR = "ema"
+#: Files of a run folder that --overwrite deletes before a fresh run.
 ARTEFACTS = (CHECKPOINT_NAME, WEIGHTS_NAME, CONFIG_NAME, LOG_NAME, LOG_JSON_NAME, SUMMARY_NAME, SUMMARY_TEXT_NAME,
              CURVES_NAME)
-EVAL_SPLIT_NAMES = ("val", "validation", "valid", "eval", "evaluation", "test")
-CHECKPOINT_VERSION = 2
-_UMASK = os.umask(0o022)  # read the process umask (there is no getter) and put it back
-os.umask(_UMASK)
-
 # Defaults that depend on the data source; every flag not given falls back to these.
 COMMON_DEFAULTS: Dict[str, Any] = dict(
     model_kwargs={}, opt="adamw", opt_eps=None, opt_betas=None, momentum=0.9, warmup_lr=1e-6, min_lr=1e-6,
@@ -157,656 +144,11 @@ _REPRODUCIBILITY_KEYS = (
     "decay_rate", "layer_decay", "grad_accum_steps", "smoothing", "clip_grad", "clip_mode", "model_ema",
     "model_ema_decay", "amp", "amp_dtype", "seed", "threads",
 )
-# Flags that make no sense inside a config file (they name a particular run, not a recipe).
-_NOT_IN_CONFIG = ("config", "resume", "overwrite", "help")
-
-
-class UsageError(ValueError):
-    """A command-line or setup mistake; the CLI prints it as ``error: ...`` without a traceback."""
-
-
-RESUME_HINT = "the last completed epoch is in OUTPUT/last.pth.tar, continue with --resume auto"
-
-
-def run_cli(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Sequence[str]] = None, *,
-            errors: Tuple[type, ...] = (UsageError,), interrupted: Optional[str] = None,
-            status: Callable[[Any], int] = lambda result: 0) -> int:
-    """The console entry of every tool: run ``main(argv)`` and turn the outcome into an exit status.
-
-    Returns ``status(result)`` (0 by default); 2 after printing ``error: <message>`` (no
-    traceback) for an exception of a type in ``errors``; 130 on Ctrl-C when ``interrupted`` (a
-    hint printed then) is given, otherwise the interrupt propagates. Other exceptions propagate.
-    """
-    try:
-        result = main(argv)
-    except errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if interrupted is None:
-            raise
-        print(f"\ninterrupted; {interrupted}", file=sys.stderr)
-        return 130
-    return status(result)
 
 
 # --------------------------------------------------------------------------------------------
-# Small utilities: atomic writes, argument parsing
+# The training loop
 # --------------------------------------------------------------------------------------------
-def _fsync_dir(directory: Path) -> None:
-    """Flush a directory entry to disk (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: os.PathLike, write: Callable[[Any], None]) -> Path:
-    """Write a file atomically: ``write(f)`` fills a temp file in the same directory, which is
-    flushed, fsync'ed and then ``os.replace``'d onto ``path``.
-
-    A crash at any moment leaves either the previous complete file or the new complete file,
-    never a truncated one. ``write`` receives a binary file object. Returns ``path``.
-    Raises whatever ``write`` or the file system raises; the temp file is removed then.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: os.PathLike, text: str) -> Path:
-    """:func:`atomic_write` for UTF-8 text."""
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)")
-
-
-def parse_model_kwargs(items: Optional[Sequence[str]]) -> Dict[str, Any]:
-    """Parse ``key=value`` strings into a kwargs dict, each value with ``yaml.safe_load``.
-
-    ``depths=[2,2,6,2]`` gives a list, ``mlp_ratio=2`` an int, ``layer_scale=1e-5`` a float
-    (YAML 1.1 alone would keep ``1e-5`` a string), ``act=gelu`` a string, ``x=null`` None.
-    Raises :class:`UsageError` for an item without ``=`` or with invalid YAML.
-    """
-    out: Dict[str, Any] = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UsageError(f"--model-kwargs expects key=value items, got {item!r}")
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise UsageError(f"--model-kwargs {key}: cannot parse {value!r} as YAML ({e})") from None
-        if isinstance(parsed, str) and _FLOAT_RE.fullmatch(parsed.strip()):
-            parsed = float(parsed)
-        out[key] = parsed
-    return out
-
-
-def _jsonable(obj: Any) -> Any:
-    """Convert tuples, paths and numpy/torch scalars into JSON-friendly values (recursively)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (np.generic,)):
-        return obj.item()
-    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
-        return obj.item()
-    return obj
-
-
-# --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-def load_digits_split(seed: int = DEMO_SPLIT_SEED) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-    """The demo data: scikit-learn's handwritten digits split into ``train`` and ``val``.
-
-    Returns ``{"train": (images, targets), "val": (images, targets)}`` with images as float32
-    arrays of shape ``(N, 8, 8)`` holding ink intensities in ``[0, 16]`` and int64 targets in
-    ``[0, 10)``. The 1797 samples are split 80/20 (1437/360), stratified by class, with a fixed
-    ``seed`` so the held-out set is the same in every run. Needs scikit-learn (the data ship
-    inside the package; nothing is downloaded).
-    """
-    try:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-    except ImportError as e:  # pragma: no cover - scikit-learn is a declared demo dependency
-        raise UsageError("the demo data need scikit-learn: pip install 'visionattn[demo]'") from e
-    digits = load_digits()
-    images = digits.images.astype(np.float32)
-    targets = digits.target.astype(np.int64)
-    idx_train, idx_val = train_test_split(
-        np.arange(len(targets)), test_size=DEMO_HELD_OUT_FRACTION, stratify=targets, random_state=seed)
-    idx_train, idx_val = np.sort(idx_train), np.sort(idx_val)
-    return {"train": (images[idx_train], targets[idx_train]), "val": (images[idx_val], targets[idx_val])}
-
-
-class DigitsDataset(torch.utils.data.Dataset):
-    """8x8 digit scans as normalised RGB tensors of shape ``(3, img_size, img_size)``.
-
-    Images are scaled to ``[0, 1]``, upsampled bilinearly to ``img_size``, replicated to three
-    channels and normalised with ``mean``/``std`` (per channel, as in the model's data config).
-    With ``shift > 0`` each training sample is translated by up to ``shift`` pixels in x and y
-    (zero-ink padding), drawn from torch's RNG, so it is reproducible under a fixed seed.
-    """
-
-    def __init__(self, images: np.ndarray, targets: np.ndarray, img_size: int = 32,
-                 mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
-                 shift: int = 0):
-        if images.ndim != 3 or len(images) != len(targets):
-            raise ValueError(f"expected images (N, H, W) and N targets, got {images.shape} and {len(targets)}")
-        x = torch.as_tensor(images, dtype=torch.float32)[:, None] / 16.0
-        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False).clamp_(0, 1)
-        self.images = x.expand(-1, 3, -1, -1).contiguous()  # (N, 3, S, S) in [0, 1]
-        self.targets = torch.as_tensor(targets, dtype=torch.int64)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-        self.shift = int(shift)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
-        x = self.images[index]
-        if self.shift > 0:
-            s = self.shift
-            dy, dx = torch.randint(0, 2 * s + 1, (2,)).tolist()
-            size = x.shape[-1]
-            x = F.pad(x, (s, s, s, s))[:, dy:dy + size, dx:dx + size]
-        return (x - self.mean) / self.std, int(self.targets[index])
-
-
-def balanced_subset(targets: Sequence[int], n: Optional[int], seed: int = 0) -> List[int]:
-    """Indices of a deterministic, class-balanced subset of ``n`` samples (sorted).
-
-    Each class's indices are shuffled with ``numpy.random.RandomState(seed)``, then classes are
-    taken round-robin, so class counts differ by at most one while a class has samples left.
-    ``n=None`` or ``n >= len(targets)`` keeps everything. Raises ``ValueError`` for ``n < 1``.
-    """
-    targets = np.asarray(targets)
-    if n is None or n >= len(targets):
-        return list(range(len(targets)))
-    if n < 1:
-        raise ValueError(f"subset size must be >= 1, got {n}")
-    rng = np.random.RandomState(seed)
-    per_class = [rng.permutation(np.flatnonzero(targets == c)) for c in np.unique(targets)]
-    order = [p[i] for i in range(max(len(p) for p in per_class)) for p in per_class if i < len(p)]
-    return sorted(int(i) for i in order[:n])
-
-
-def dataset_targets(ds) -> List[int]:
-    """Targets of a DigitsDataset, a timm folder ImageDataset or a torchvision dataset with a
-    ``targets`` list, without decoding images. Raises :class:`UsageError` for other datasets."""
-    if isinstance(ds, DigitsDataset):
-        return ds.targets.tolist()
-    samples = getattr(getattr(ds, "reader", None), "samples", None)
-    if samples is None and isinstance(getattr(ds, "targets", None), (list, tuple)):
-        return [int(t) for t in ds.targets]
-    if samples is None:
-        raise UsageError("--max-*-samples needs a dataset that lists its targets (class folders, torchvision)")
-    return [int(t) for _, t in samples]
-
-
-def resolve_split_dir(data_dir: Path, split: Optional[str], candidates: Sequence[str]) -> str:
-    """Name of the split folder under ``data_dir``: ``split`` if given, else the first existing
-    of ``candidates``. Raises :class:`UsageError` naming what was looked for."""
-    names = [split] if split else list(candidates)
-    for name in names:
-        if (data_dir / name).is_dir():
-            return name
-    raise UsageError(f"no split folder {' or '.join(names)} under {data_dir}")
-
-
-
-
-def build_transforms(data_config: Dict[str, Any], *, augment: bool = True, scale: Sequence[float] = (0.08, 1.0),
-                     ratio: Sequence[float] = (3.0 / 4.0, 4.0 / 3.0), hflip: float = 0.5, color_jitter: float = 0.4,
-                     aa: Optional[str] = None, reprob: float = 0.0, remode: str = "pixel", recount: int = 1,
-                     train_interpolation: Optional[str] = None):
-    """``(train_transform, eval_transform)`` from timm's ``create_transform``.
-
-    ``data_config`` holds ``input_size`` (C, H, W), ``mean``/``std`` (per channel, for inputs in
-    [0, 1]), ``interpolation`` and ``crop_pct`` (eval resize = size / crop_pct, then center crop).
-    The training transform is RandomResizedCrop(``scale``, ``ratio``) + flip + (``aa``: a timm
-    auto-augment string such as ``rand-m9-mstd0.5-inc1``; else color jitter) + normalise +
-    random erasing (probability ``reprob``, mode ``remode``, ``recount`` boxes); with
-    ``augment=False`` it is the eval transform.
-    """
-    common = {k: data_config[k] for k in ("input_size", "mean", "std")}
-    eval_tf = create_transform(**common, interpolation=data_config["interpolation"], crop_pct=data_config["crop_pct"],
-                               is_training=False, crop_mode=data_config.get("crop_mode"))
-    if not augment:
-        return eval_tf, eval_tf
-    train_tf = create_transform(
-        **common, is_training=True, scale=tuple(scale), ratio=tuple(ratio), hflip=hflip, color_jitter=color_jitter,
-        auto_augment=aa or None, interpolation=train_interpolation or data_config["interpolation"],
-        re_prob=reprob, re_mode=remode, re_count=recount)
-    return train_tf, eval_tf
-
-
-def build_folder_datasets(data_dir: os.PathLike, data_config: Dict[str, Any], *, train_split: Optional[str] = "train",
-                          val_split: Optional[str] = None, augment: bool = True,
-                          scale: Sequence[float] = (0.08, 1.0), hflip: float = 0.5, color_jitter: float = 0.4,
-                          class_to_idx: Optional[Dict[str, int]] = None, dataset: str = "",
-                          download: bool = False, **aug):
-    """Train and held-out datasets through ``timm.data.create_dataset`` with timm's transforms.
-
-    ``dataset=''`` (class folders): ``data_dir/train_split/<class>/*`` is the training split and
-    the held-out split is ``val_split`` or the first of ``val, validation, valid, eval,
-    evaluation, test`` present; it reuses the training split's class indices
-    (``class_to_idx`` overrides both). Any other ``dataset`` (``torch/cifar10``, ``hfds/<id>``,
-    ``wds/...``, a ``.tar`` path ...) is passed to timm's factory with ``root=data_dir`` and the
-    split names as given (held-out default ``validation``). ``aug`` takes the extra keywords of
-    :func:`build_transforms`. Pass ``train_split=None`` for the held-out split alone. Returns
-    ``(train_ds or None, val_ds, class_to_idx or None, val_split_name)``. Raises
-    :class:`UsageError` for a missing folder.
-    """
-    train_tf, val_tf = build_transforms(data_config, augment=augment, scale=scale, hflip=hflip,
-                                        color_jitter=color_jitter, **aug)
-    data_dir = Path(data_dir) if data_dir is not None else None
-    if dataset:
-        kw = dict(root=str(data_dir) if data_dir else None, download=download, class_map=class_to_idx or "")
-        train_ds = None
-        if train_split is not None:
-            train_ds = create_dataset(dataset, split=train_split, is_training=True, transform=train_tf, **kw)
-        val_name = val_split or "validation"
-        val_ds = create_dataset(dataset, split=val_name, is_training=False, transform=val_tf, **kw)
-        for ds in (train_ds, val_ds):
-            found = getattr(getattr(ds, "reader", None), "class_to_idx", None) or getattr(ds, "class_to_idx", None)
-            if class_to_idx is None and found:
-                class_to_idx = dict(found)
-        return train_ds, val_ds, class_to_idx, val_name
-    if data_dir is None or not data_dir.exists():
-        raise UsageError(f"--data-dir {data_dir} does not exist")
-    if data_dir.is_file():  # a tar of class folders, read by timm's ReaderImageInTar
-        raise UsageError(f"--data-dir {data_dir} is a file; class folders need the folder holding train/ and val/ "
-                         "(tar shards: --dataset wds/...)")
-    train_ds = None
-    if train_split is not None:
-        train_name = resolve_split_dir(data_dir, train_split, ())
-        train_ds = create_dataset("", root=str(data_dir), split=train_name, is_training=True,
-                                  class_map=class_to_idx or "", transform=train_tf)
-        class_to_idx = dict(train_ds.reader.class_to_idx)
-    val_name = resolve_split_dir(data_dir, val_split, EVAL_SPLIT_NAMES)
-    val_ds = create_dataset("", root=str(data_dir), split=val_name, class_map=class_to_idx or "", transform=val_tf)
-    if class_to_idx is None:
-        class_to_idx = dict(val_ds.reader.class_to_idx)
-    return train_ds, val_ds, class_to_idx, val_name
-
-
-def build_demo_datasets(data_config: Dict[str, Any], shift: int = 0):
-    """Train and held-out :class:`DigitsDataset` at ``data_config['input_size']`` with its mean/std.
-
-    Returns ``(train_ds, val_ds, class_to_idx)``; classes are named ``"0"`` ... ``"9"``.
-    Raises :class:`UsageError` for a non-square or non-RGB input size.
-    """
-    c, h, w = data_config["input_size"]
-    if c != 3 or h != w:
-        raise UsageError(f"the demo digits need a square RGB input size, got {data_config['input_size']}")
-    split = load_digits_split()
-    kw = dict(img_size=h, mean=data_config["mean"], std=data_config["std"])
-    train_ds = DigitsDataset(*split["train"], shift=shift, **kw)
-    val_ds = DigitsDataset(*split["val"], **kw)
-    return train_ds, val_ds, {str(i): i for i in range(DEMO_NUM_CLASSES)}
-
-
-def _seed_worker(worker_id: int) -> None:
-    """Seed numpy in a loader worker from the torch seed the DataLoader derived for it."""
-    np.random.seed(torch.initial_seed() % 2 ** 32)
-
-
-def eval_shard_indices(n: int, rank: int, world_size: int) -> Tuple[List[int], int]:
-    """Indices of the held-out samples rank ``rank`` evaluates, and how many of them count.
-
-    Rank ``r`` takes ``r, r + world, r + 2 world, ...``; shards are padded (by repeating their
-    own first index) to the common length ``ceil(n / world)`` so every rank runs the same number
-    of forward passes (FSDP needs that), and only the first ``num_valid`` results of a rank are
-    counted, so each sample is counted exactly once (unlike ``DistributedSampler``'s padding).
-    Returns ``(indices, num_valid)``.
-    """
-    own = list(range(rank, n, world_size))
-    length = -(-n // world_size)
-    pad = (own[:1] or [0]) * (length - len(own))
-    return own + pad, len(own)
-
-
-def make_train_sampler(ds, *, rank: int = 0, world_size: int = 1, seed: int = 0, aug_repeats: float = 0):
-    """The training sampler: ``DistributedSampler(shuffle=True, seed=seed, drop_last=True)`` (also
-    for a single process, so the order depends on ``seed`` and the epoch only), or timm's
-    ``RepeatAugSampler`` with ``aug_repeats`` repeats of each sample (DeiT's RASampler).
-    Call ``sampler.set_epoch(epoch)`` before every epoch."""
-    if aug_repeats:
-        # timm keeps len // 256 * 256 / world samples per epoch (DeiT); tiny data sets keep all
-        selected_round = 256 if len(ds) >= 256 else 0
-        return RepeatAugSampler(ds, num_replicas=world_size, rank=rank, shuffle=True, num_repeats=aug_repeats,
-                                selected_round=selected_round)
-    return torch.utils.data.DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                               drop_last=len(ds) >= world_size)
-
-
-def make_loader(ds, batch_size: int, *, train: bool, workers: int = 0, generator: Optional[torch.Generator] = None,
-                device: torch.device = torch.device("cpu"), sampler=None,
-                collate_fn=None) -> torch.utils.data.DataLoader:
-    """A DataLoader yielding ``(images (B, 3, H, W) float, targets (B,) int64)``.
-
-    Training loaders draw from ``sampler`` (see :func:`make_train_sampler`; without one they
-    shuffle with ``generator``) and drop the last incomplete batch; evaluation loaders keep the
-    dataset order. ``generator`` fixes the worker seeds; evaluation loaders use a private one so
-    evaluating never consumes the global torch RNG.
-    """
-    if generator is None:
-        generator = torch.Generator().manual_seed(0)
-    n = len(sampler) if sampler is not None else len(ds)
-    return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-        drop_last=train and n > batch_size, num_workers=workers, generator=generator, worker_init_fn=_seed_worker,
-        pin_memory=device.type == "cuda", persistent_workers=False, collate_fn=collate_fn)
-
-
-# --------------------------------------------------------------------------------------------
-# Distributed setup
-# --------------------------------------------------------------------------------------------
-def init_distributed(device_name: Optional[str] = None, timeout_s: float = 1800.0) -> Tuple[int, int, torch.device]:
-    """Join the process group that ``torchrun`` describes (``RANK``, ``WORLD_SIZE``,
-    ``LOCAL_RANK``, ``MASTER_ADDR/PORT`` in the environment); a no-op for a plain process.
-
-    Backend: NCCL for CUDA devices (each rank on ``cuda:LOCAL_RANK``), gloo otherwise. Returns
-    ``(rank, world_size, device)``. Raises :class:`UsageError` for a CUDA request without CUDA.
-    """
-    device = resolve_device(device_name)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return 0, 1, device
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(seconds=timeout_s),
-                                device_id=device if device.type == "cuda" else None)
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def _dist() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _barrier() -> None:
-    if _dist():
-        dist.barrier()
-
-
-def all_reduce_sum(values: Sequence[float], device: torch.device) -> List[float]:
-    """Sum ``values`` over all ranks (float64); returns them unchanged for a single process."""
-    if not _dist():
-        return [float(v) for v in values]
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP / ``torch.compile`` wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def apply_fsdp(model: nn.Module, device: torch.device) -> nn.Module:
-    """Shard ``model`` with FSDP2 (``torch.distributed.fsdp.fully_shard``) over all ranks.
-
-    Each block of each stage (``model.stages[i].blocks[j]``, or ``model.blocks[j]`` for the
-    isotropic models) is sharded, then every stage, then the root, so parameters are gathered
-    one block at a time. The optimizer must be built after this (parameters become DTensors).
-    Needs an initialised process group. Source: torch FSDP2 docs / reference training_coco_flops.md §5.1.
-    """
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    stages = getattr(model, "stages", None)
-    containers = list(stages) if stages is not None else [model]
-    for container in containers:
-        blocks = getattr(container, "blocks", None)
-        for block in (blocks if blocks is not None else []):
-            fully_shard(block, mesh=mesh)
-        if container is not model:
-            fully_shard(container, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return model
-
-
-def full_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """A plain (unsharded, CPU) state dict of ``model`` without wrapper prefixes; under FSDP2 a
-    collective (``get_model_state_dict(full_state_dict=True, cpu_offload=True)``) every rank must call."""
-    if getattr(model, "_va_fsdp", False):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return unwrap_model(model).state_dict()
-
-
-# --------------------------------------------------------------------------------------------
-# Model, precision, evaluation
-# --------------------------------------------------------------------------------------------
-def _safetensors_classes(path: os.PathLike, classifier: Optional[str]) -> Optional[int]:
-    """Rows of ``<classifier>.weight`` in a safetensors file (read from its header only)."""
-    if not classifier:
-        return None
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as f:
-        key = f"{classifier}.weight"
-        return int(f.get_slice(key).get_shape()[0]) if key in f.keys() else None
-
-
-def create_model(name: str, num_classes: int, model_kwargs: Optional[Dict[str, Any]] = None,
-                 drop_path: Optional[float] = None, *, img_size: Optional[int] = None, drop: Optional[float] = None,
-                 pretrained: Any = None, pretrained_path: Optional[os.PathLike] = None, **extra) -> nn.Module:
-    """``timm.create_model(name, num_classes=..., **model_kwargs)``.
-
-    ``drop_path`` becomes ``drop_path_rate`` and ``drop`` ``drop_rate``. ``img_size`` is passed
-    to constructors that take it (fixed-resolution models: CSWin, Agent, MaxViT, isotropic NAT);
-    the others run at any size. Pretrained weights: ``pretrained=True`` (the default tag) or a
-    tag string (``in22k``), an ``hf-hub:org/repo`` / ``local-dir:PATH`` name, or
-    ``pretrained_path`` (a local ``.safetensors``/``.pth`` through
-    ``pretrained_cfg_overlay=dict(file=...)``). timm then drops a classifier of another size
-    (head reset) and the model's ``checkpoint_filter_fn`` resizes position tables for another
-    ``img_size``. Raises :class:`UsageError` for a name timm does not know.
-    """
-    kwargs = dict(model_kwargs or {})
-    if drop_path is not None:
-        kwargs["drop_path_rate"] = drop_path
-    if drop is not None:
-        kwargs["drop_rate"] = drop
-    hub = ":" in name
-    if not hub and not timm.is_model(name.split(".")[0]):
-        raise UsageError(f"unknown model {name!r}: not registered with timm (nor by visionattn)")
-    if isinstance(pretrained, str) and pretrained and not hub:
-        name = f"{name.split('.')[0]}.{pretrained}"
-    load = bool(pretrained) or pretrained_path is not None or hub
-    if pretrained_path is not None:
-        path = Path(pretrained_path)
-        if not path.is_file():
-            raise UsageError(f"--pretrained-path {path} does not exist")
-        cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
-        classifier = cfg.classifier if cfg is not None else "head.fc"
-        if path.suffix == ".safetensors":
-            overlay: Dict[str, Any] = dict(file=str(path))
-            file_classes = _safetensors_classes(path, classifier)
-        else:  # read it ourselves: timm's file loader unpickles without weights_only and prefers an EMA
-            from visionattn.models._registry import unwrap_state_dict
-            state_dict, _ = unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            overlay = dict(state_dict=state_dict)
-            w = state_dict.get(f"{classifier}.weight") if classifier else None
-            file_classes = int(w.shape[0]) if w is not None else None
-        if file_classes is not None:
-            overlay["num_classes"] = file_classes  # timm drops the head only when this differs
-        extra["pretrained_cfg_overlay"] = {**overlay, **extra.get("pretrained_cfg_overlay", {})}
-    if img_size is not None:
-        kwargs["img_size"] = img_size
-    try:
-        return timm.create_model(name, pretrained=load, num_classes=num_classes, **kwargs, **extra)
-    except TypeError as e:
-        if img_size is None or "img_size" not in str(e):
-            raise
-        kwargs.pop("img_size")  # this architecture takes any input size
-        return timm.create_model(name, pretrained=load, num_classes=num_classes, **kwargs, **extra)
-
-
-def load_initial_checkpoint(model: nn.Module, path: os.PathLike, use_ema: bool = False) -> Dict[str, List[str]]:
-    """Load a training checkpoint's weights (``model``/``state_dict``, or the EMA with
-    ``use_ema``) into ``model`` for fine-tuning; classifier tensors whose shape differs (another
-    class count) are skipped and stay freshly initialised. Returns ``{"skipped": [...], "missing": [...]}``.
-    Raises :class:`UsageError` when the file holds no state dict or shares no tensor with the model."""
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    keys = ("model_ema", "state_dict_ema") if use_ema else ("model", "state_dict")
-    sd = next((ckpt[k] for k in keys if isinstance(ckpt, dict) and isinstance(ckpt.get(k), dict)), None)
-    if sd is None and isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        sd = ckpt
-    if sd is None:
-        raise UsageError(f"--initial-checkpoint {path} holds no {' or '.join(keys)} state dict")
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    own = model.state_dict()
-    skipped = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
-    sd = {k: v for k, v in sd.items() if k in own and k not in skipped}
-    if not sd:
-        raise UsageError(f"--initial-checkpoint {path} shares no tensor with {type(model).__name__}")
-    result = model.load_state_dict(sd, strict=False)
-    return {"skipped": skipped, "missing": list(result.missing_keys)}
-
-
-def resolve_device(name: Optional[str]) -> torch.device:
-    """``torch.device(name)``, defaulting to CUDA when available; a CUDA request on a machine
-    without CUDA raises :class:`UsageError`."""
-    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda requested but CUDA is not available")
-    return device
-
-
-def resolve_amp(device: torch.device, amp: bool, amp_dtype: str = "auto") -> Tuple[Optional[torch.dtype], bool]:
-    """Autocast dtype (None = full fp32) and whether a GradScaler is needed.
-
-    CPU: bfloat16 only. CUDA: ``auto`` picks bfloat16 where supported, else float16 with a
-    GradScaler. Raises :class:`UsageError` for a combination the device cannot run.
-    """
-    if not amp:
-        return None, False
-    if amp_dtype not in ("auto", "bfloat16", "float16"):
-        raise UsageError(f"--amp-dtype must be auto, bfloat16 or float16, got {amp_dtype!r}")
-    if device.type == "cpu":
-        if amp_dtype == "float16":
-            raise UsageError("--amp on CPU supports bfloat16 only (use --amp-dtype bfloat16 or auto)")
-        return torch.bfloat16, False
-    if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
-        if amp_dtype == "bfloat16" and not bf16_ok:
-            raise UsageError("--amp-dtype bfloat16 is not supported by this GPU; use float16")
-        if amp_dtype == "bfloat16" or (amp_dtype == "auto" and bf16_ok):
-            return torch.bfloat16, False
-        return torch.float16, True
-    raise UsageError(f"--amp is supported on cpu and cuda devices, not {device.type}")
-
-
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, autocast_dtype: Optional[torch.dtype] = None,
-             progress: bool = True, desc: str = "eval", num_valid: Optional[int] = None,
-             channels_last: bool = False, reduce: bool = True) -> Dict[str, float]:
-    """Top-1/top-5 accuracy (percent) and mean cross-entropy of ``model`` over ``loader``.
-
-    Uses ``timm.utils.accuracy``; top-5 becomes top-k with ``k = min(5, num_classes)``. Only the
-    first ``num_valid`` samples are counted (the rest pad a distributed shard, see
-    :func:`eval_shard_indices`). With ``reduce`` the counts are summed over all ranks. Returns
-    ``{"top1", "top5", "loss", "correct1", "correct5", "count"}``; the model is left in eval mode.
-    Raises :class:`UsageError` when nothing was counted.
-    """
-    model.eval()
-    correct1 = correct5 = 0
-    loss_sum, count, seen = 0.0, 0, 0
-    for images, targets in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, autocast_dtype):
-            output = model(images)
-        output = output.float()
-        keep = targets.shape[0] if num_valid is None else max(0, min(targets.shape[0], num_valid - seen))
-        seen += targets.shape[0]
-        if keep == 0:
-            continue
-        output, targets = output[:keep], targets[:keep]
-        k5 = min(5, output.shape[1])
-        acc1, acc5 = accuracy(output, targets, topk=(1, k5))
-        correct1 += round(acc1.item() * keep / 100.0)
-        correct5 += round(acc5.item() * keep / 100.0)
-        loss_sum += F.cross_entropy(output, targets, reduction="sum").item()
-        count += keep
-    if hasattr(model, "reshard"):  # FSDP2 keeps the root unsharded after a forward without backward
-        model.reshard()
-    if reduce:
-        correct1, correct5, loss_sum, count = all_reduce_sum((correct1, correct5, loss_sum, count), device)
-        correct1, correct5, count = int(round(correct1)), int(round(correct5)), int(round(count))
-    if count == 0:
-        raise UsageError("the held-out split is empty")
-    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count,
-            "correct1": correct1, "correct5": correct5, "count": count}
-
-
-def _no_grad_sync(model: nn.Module, sync: bool):
-    """Context that skips the gradient all-reduce of a non-final accumulation micro-step:
-    DDP's ``no_sync()``; FSDP2's ``set_requires_gradient_sync``; nothing for a plain module."""
-    if sync:
-        return contextlib.nullcontext()
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        return model.no_sync()
-    if hasattr(model, "set_requires_gradient_sync"):
-        @contextlib.contextmanager
-        def _fsdp_no_sync():
-            model.set_requires_gradient_sync(False)
-            try:
-                yield
-            finally:
-                model.set_requires_gradient_sync(True)
-        return _fsdp_no_sync()
-    return contextlib.nullcontext()
-
-
 def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, loss_fn, *, device: torch.device, epoch: int,
                     epochs: int, num_updates: int, autocast_dtype: Optional[torch.dtype] = None, scaler=None,
                     clip_grad: Optional[float] = None, clip_mode: str = "norm", progress: bool = True,
@@ -815,7 +157,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, loss_fn, *, 
     """One pass over ``loader``: ``grad_accum_steps`` micro-batches per optimizer update.
 
     Each micro-batch's loss is divided by ``grad_accum_steps`` and back-propagated; only the
-    last micro-step of an update synchronises gradients across ranks (:func:`_no_grad_sync`).
+    last micro-step of an update synchronises gradients across ranks (:func:`no_grad_sync`).
     Then optional clipping (``timm.utils.dispatch_clip_grad``, after unscaling under a
     GradScaler), the optimizer step, the EMA update (``model_ema.update(model, step=num_updates)``)
     and ``scheduler.step_update(num_updates)``. A trailing incomplete group of micro-batches is
@@ -842,8 +184,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, loss_fn, *, 
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         last_micro = (step + 1) % accum == 0
-        with _no_grad_sync(model, last_micro):
-            with _autocast(device, autocast_dtype):
+        with no_grad_sync(model, last_micro):
+            with autocast(device, autocast_dtype):
                 output = model(images)
                 loss = loss_fn(output, targets)
             if not torch.isfinite(loss):
@@ -884,195 +226,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, loss_fn, *, 
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------
-def get_rng_state(data_generator: torch.Generator) -> Dict[str, Any]:
-    """All RNG states a resumed run needs, as ``torch.load(weights_only=True)``-safe values."""
-    np_state = np.random.get_state(legacy=False)
-    state = {
-        "python": random.getstate(),
-        "numpy": {"bit_generator": np_state["bit_generator"],
-                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"]),
-                  "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
-        "torch": torch.get_rng_state(),
-        "data": data_generator.get_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any], data_generator: torch.Generator) -> None:
-    """Restore what :func:`get_rng_state` captured."""
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    npst = state["numpy"]
-    np.random.set_state({"bit_generator": npst["bit_generator"],
-                         "state": {"key": npst["key"].numpy().astype(np.uint32), "pos": npst["pos"]},
-                         "has_gauss": npst["has_gauss"], "gauss": npst["gauss"]})
-    torch.set_rng_state(state["torch"])
-    data_generator.set_state(state["data"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path: os.PathLike, state: Dict[str, Any]) -> Path:
-    """``torch.save(state)`` to ``path`` atomically (see :func:`atomic_write`)."""
-    return atomic_write(path, lambda f: torch.save(state, f))
-
-
-def load_checkpoint(path: os.PathLike) -> Dict[str, Any]:
-    """Load a training checkpoint with ``torch.load(weights_only=True)`` onto the CPU.
-    Raises :class:`UsageError` if it is missing or is not one of ours."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise UsageError(f"{path} is not a training checkpoint written by tools/train.py")
-    return ckpt
-
-
-def write_log_csv(path: os.PathLike, history: List[Dict[str, Any]]) -> None:
-    """Write the per-epoch history as CSV (atomically, the whole file each time)."""
-    buf = io.StringIO()
-    if history:
-        writer = csv.DictWriter(buf, fieldnames=list(history[0].keys()), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(history)
-    atomic_write_text(path, buf.getvalue())
-
-
-
-
-def write_log_json(path: os.PathLike, history: List[Dict[str, Any]]) -> None:
-    """Write the per-epoch history as a JSON list (atomically)."""
-    atomic_write_text(path, json.dumps(_jsonable(history), indent=1) + "\n")
-
-
-def plot_curves(path: os.PathLike, history: List[Dict[str, Any]]) -> Optional[Path]:
-    """Render train/held-out loss, top-1 (and the EMA's) and the LR against epoch into one PNG
-    with matplotlib's Agg backend (written atomically). Returns the path, or None without history."""
-    if not history:
-        return None
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(epochs, [r["train_loss"] for r in history], marker=".", label="train")
-    axes[0].plot(epochs, [r["val_loss"] for r in history], marker=".", label="held-out")
-    axes[0].set_ylabel("loss")
-    axes[1].plot(epochs, [r["top1"] for r in history], marker=".", label="model")
-    if "ema_top1" in history[0]:
-        axes[1].plot(epochs, [r["ema_top1"] for r in history], marker=".", label="EMA")
-    axes[1].set_ylabel("held-out top-1 (%)")
-    axes[2].plot(epochs, [r["lr"] for r in history], marker=".")
-    axes[2].set_ylabel("learning rate (end of epoch)")
-    axes[2].ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return atomic_write(path, lambda f: f.write(buf.getvalue()))
-
-
-def summary_text(summary: Dict[str, Any]) -> str:
-    """A short human-readable report of a finished run."""
-    lines = [f"model        {summary['model']} ({summary['param_count'] / 1e6:.3f}M params)",
-             f"data         {summary['data']}",
-             f"samples      {summary['train_samples']} train / {summary['held_out_samples']} held-out, "
-             f"{summary['num_classes']} classes, input {tuple(summary['data_config']['input_size'])}",
-             f"run          {summary['epochs']} epochs, {summary['num_updates']} updates, world size "
-             f"{summary['world_size']} x batch {summary['batch_size']} x accum {summary['grad_accum_steps']}, "
-             f"device {summary['device']}, amp {summary['amp']}",
-             f"final        top1 {summary['final']['top1']:.2f}%  top5 {summary['final']['top5']:.2f}%  "
-             f"loss {summary['final']['loss']:.4f}"]
-    if summary.get("best"):
-        b = summary["best"]
-        lines.append(f"best         top1 {b['top1']:.2f}% at epoch {b['epoch']}")
-    if summary.get("ema_final"):
-        e = summary["ema_final"]
-        lines.append(f"EMA final    top1 {e['top1']:.2f}%  top5 {e['top5']:.2f}%")
-    lines.append(f"train time   {summary['train_time_s']:.1f} s")
-    lines.append("files        " + ", ".join(f"{k}: {v}" for k, v in summary["files"].items()))
-    return "\n".join(lines) + "\n"
-
-
-def get_all_rng_states(data_generator: torch.Generator) -> List[Dict[str, Any]]:
-    """:func:`get_rng_state` of every rank (rank order), gathered with ``all_gather_object``."""
-    state = get_rng_state(data_generator)
-    if not _dist():
-        return [state]
-    gathered: List[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, state)
-    return gathered
-
-
-def export_weights(model: nn.Module, out_dir: os.PathLike, model_args: Dict[str, Any], data_config: Dict[str, Any],
-                   label_names: Optional[List[str]] = None) -> Tuple[Path, Path]:
-    """Save ``model.safetensors`` and ``config.json`` with ``timm.models.save_for_hf``.
-
-    Both are written into a temp folder inside ``out_dir``, fsync'ed, then each ``os.replace``'d
-    into place, so neither is ever seen half written. Returns their paths.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".export-"))
-    try:
-        timm.models.save_for_hf(
-            model, tmp, model_args=_jsonable(model_args), safe_serialization=True,
-            data_config={k: data_config[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct")},
-            model_config=dict(label_names=list(label_names)) if label_names else None)
-        paths = []
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp / name, out_dir / name)
-            paths.append(out_dir / name)
-        _fsync_dir(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return paths[0], paths[1]
-
-
-def load_exported_model(name: str, weights: os.PathLike, num_classes: int,
-                        model_kwargs: Optional[Dict[str, Any]] = None, img_size: Optional[int] = None) -> nn.Module:
-    """Create ``name`` through timm's pretrained path from a local safetensors file.
-
-    ``num_classes`` is put in the overlay too: without it timm sees a class count different
-    from the default cfg's and silently drops the classifier weights.
-    """
-    kwargs = dict(model_kwargs or {})
-    if img_size is not None:
-        kwargs["img_size"] = img_size
-    overlay = dict(file=str(weights), num_classes=num_classes)
-    try:
-        return timm.create_model(name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay,
-                                 **kwargs)
-    except TypeError as e:
-        if img_size is None or "img_size" not in str(e):
-            raise
-        kwargs.pop("img_size")
-        return timm.create_model(name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay,
-                                 **kwargs)
-
-
-
-
-# --------------------------------------------------------------------------------------------
 # Command line and config files
 # --------------------------------------------------------------------------------------------
-def _add_bool(g, flag: str, help: str) -> None:
-    g.add_argument(flag, action="store_true", default=None, help=help)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser. Every default is None here; :func:`resolve_args` fills in the
     defaults (which depend on --demo), the config file's values and, when resuming, the
@@ -1084,11 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", type=Path,
                    help="YAML file of flag values (keys as the long flags, '-' or '_'); command-line flags win")
     g = p.add_argument_group("data")
-    _add_bool(g, "--demo", "train on scikit-learn's bundled digits (the default when --data-dir is absent)")
+    add_bool(g, "--demo", "train on scikit-learn's bundled digits (the default when --data-dir is absent)")
     g.add_argument("--data-dir", type=Path, help="dataset root: train/ and val/ class folders, or the reader's root")
     g.add_argument("--dataset", help="timm dataset name: '' class folders (default), torch/<name>, hfds/<id>, "
                                      "hfids/<id>, tfds/<name>, wds/<name>")
-    _add_bool(g, "--dataset-download", "let timm's reader download the dataset (torch/, tfds/)")
+    add_bool(g, "--dataset-download", "let timm's reader download the dataset (torch/, tfds/)")
     g.add_argument("--train-split", help="training split (default: train)")
     g.add_argument("--val-split", help="held-out split (class folders: first of val, validation, valid, eval, test; "
                                        "other readers: validation)")
@@ -1101,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-interpolation", help="training interpolation (default: as eval; 'random' allowed)")
     g.add_argument("--mean", type=float, nargs=3, help="normalisation mean (default: the model's pretrained cfg)")
     g.add_argument("--std", type=float, nargs=3, help="normalisation std (default: the model's pretrained cfg)")
-    _add_bool(g, "--no-aug", "train with the eval transform")
+    add_bool(g, "--no-aug", "train with the eval transform")
     g.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"), help="RandomResizedCrop scale (0.08 1.0)")
     g.add_argument("--ratio", type=float, nargs=2, metavar=("MIN", "MAX"), help="RandomResizedCrop aspect (3/4 4/3)")
     g.add_argument("--hflip", type=float, help="horizontal flip probability (0.5)")
@@ -1131,9 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from timm pretrained weights: the default tag, or the tag given (e.g. in22k)")
     g.add_argument("--pretrained-path", type=Path, help="start from a local .safetensors/.pth weights file")
     g.add_argument("--initial-checkpoint", type=Path, help="start from a training checkpoint's weights (fine-tune)")
-    _add_bool(g, "--initial-checkpoint-ema", "take the --initial-checkpoint's EMA weights (model_ema/state_dict_ema)")
-    _add_bool(g, "--grad-checkpointing", "recompute activations in the backward pass (model.set_grad_checkpointing)")
-    _add_bool(g, "--channels-last", "channels_last memory format")
+    add_bool(g, "--initial-checkpoint-ema", "take the --initial-checkpoint's EMA weights (model_ema/state_dict_ema)")
+    add_bool(g, "--grad-checkpointing", "recompute activations in the backward pass (model.set_grad_checkpointing)")
+    add_bool(g, "--channels-last", "channels_last memory format")
     g.add_argument("--torchcompile", nargs="?", const="inductor", help="torch.compile the model (backend: inductor)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help="epochs before cooldown (demo 20, else 100)")
@@ -1152,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sched-on-updates", type=lambda s: str(s).lower() in ("1", "true", "yes"),
                    help="step the schedule every update (true) or every epoch (false)")
     g.add_argument("--warmup-epochs", type=float, help="linear warmup length in epochs (demo 1, else 5)")
-    _add_bool(g, "--warmup-prefix", "warmup before (not inside) the decay schedule")
+    add_bool(g, "--warmup-prefix", "warmup before (not inside) the decay schedule")
     g.add_argument("--warmup-lr", type=float, help="LR at the start of warmup (1e-6)")
     g.add_argument("--min-lr", type=float, help="LR at the end of the decay (1e-6)")
     g.add_argument("--cooldown-epochs", type=int, help="epochs at min-lr after --epochs (0)")
@@ -1162,15 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--smoothing", type=float, help="label smoothing (0.1)")
     g.add_argument("--clip-grad", type=float, help="clip gradients to this value (off)")
     g.add_argument("--clip-mode", help="norm, value or agc (norm)")
-    _add_bool(g, "--model-ema", "keep an exponential moving average of the weights (timm ModelEmaV3)")
+    add_bool(g, "--model-ema", "keep an exponential moving average of the weights (timm ModelEmaV3)")
     g.add_argument("--model-ema-decay", type=float, help="EMA decay per update (0.9998)")
-    _add_bool(g, "--model-ema-warmup", "EMA decay warmup (timm's use_warmup)")
-    _add_bool(g, "--model-ema-force-cpu", "keep the EMA on the CPU")
-    _add_bool(g, "--amp", "mixed precision: bf16 autocast on CPU; on CUDA bf16 if supported, else fp16 + GradScaler")
+    add_bool(g, "--model-ema-warmup", "EMA decay warmup (timm's use_warmup)")
+    add_bool(g, "--model-ema-force-cpu", "keep the EMA on the CPU")
+    add_bool(g, "--amp", "mixed precision: bf16 autocast on CPU; on CUDA bf16 if supported, else fp16 + GradScaler")
     g.add_argument("--amp-dtype", choices=("auto", "bfloat16", "float16"), help="AMP dtype (auto)")
     g = p.add_argument_group("run")
     g.add_argument("--device", help="cpu, cuda (default: cuda if available; under torchrun cuda:LOCAL_RANK)")
-    _add_bool(g, "--fsdp", "shard the model with FSDP2 (fully_shard per block and stage) instead of DDP")
+    add_bool(g, "--fsdp", "shard the model with FSDP2 (fully_shard per block and stage) instead of DDP")
     g.add_argument("--recipe-gpus", type=int,
                    help="processes the config's per-process batch and lr were set for; another world size warns")
     g.add_argument("--seed", type=int, help="seed for init, data order and augmentation (0)")
@@ -1178,77 +333,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU intra-op threads, torch.set_num_threads (demo 1: the tiny model gains nothing from "
                         "more, and spinning OpenMP threads crawl on a shared machine; else torch's default)")
     g.add_argument("--output", type=Path, help="run folder (default: runs/demo or runs/<model>)")
-    _add_bool(g, "--overwrite", "allow reusing a non-empty --output")
+    add_bool(g, "--overwrite", "allow reusing a non-empty --output")
     g.add_argument("--resume", metavar="PATH|auto",
                    help="continue from a checkpoint (or a run folder); auto = OUTPUT/last.pth.tar if present")
-    _add_bool(g, "--no-progress", "no tqdm progress bars")
+    add_bool(g, "--no-progress", "no tqdm progress bars")
     return p
 
 
 def load_config(path: os.PathLike, parser: Optional[argparse.ArgumentParser] = None) -> Dict[str, Any]:
-    """Read a YAML config of flag values (``-c FILE``) into ``{dest: value}``.
-
-    Keys are the long flag names with ``-`` or ``_`` (``batch_size``, ``model-ema-decay``); values
-    are converted with the flag's type (``1e-3`` written without a dot is a string in YAML 1.1 and
-    becomes a float here). ``model_kwargs`` may be a mapping. Raises :class:`UsageError` for a file
-    that is not a mapping, an unknown key (with the nearest valid ones), a key that names a run
-    rather than a recipe (``resume``, ``overwrite``, ``config``), or a value of the wrong type.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UsageError(f"--config {path}: invalid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {path} must hold a mapping of flag names to values, got {type(data).__name__}")
-    parser = parser or build_parser()
-    actions = {a.dest: a for a in parser._actions}
-    valid = sorted(d for d in actions if d not in _NOT_IN_CONFIG)
-    out: Dict[str, Any] = {}
-    for raw_key, value in data.items():
-        key = str(raw_key).replace("-", "_")
-        if key not in actions or key in _NOT_IN_CONFIG:
-            close = difflib.get_close_matches(key, valid, n=3)
-            why = "names a run, not a recipe; give it on the command line" if key in _NOT_IN_CONFIG else \
-                "is not a train.py flag" + (f" (did you mean {', '.join(close)}?)" if close else "")
-            raise UsageError(f"--config {path}: key {raw_key!r} {why}")
-        out[key] = _convert_config_value(actions[key], value, path, raw_key)
-    return out
-
-
-def _convert_config_value(action: argparse.Action, value: Any, path: Path, key: Any) -> Any:
-    if value is None:
-        return None
-    if action.dest == "model_kwargs":
-        if isinstance(value, dict):
-            return {str(k): v for k, v in value.items()}
-        if isinstance(value, list):
-            return parse_model_kwargs([str(v) for v in value])
-        raise UsageError(f"--config {path}: {key} must be a mapping or a list of key=value strings")
-    if action.dest == "pretrained":
-        return value if isinstance(value, (bool, str)) else str(value)
-    if isinstance(action, argparse._StoreTrueAction):
-        if not isinstance(value, bool):
-            raise UsageError(f"--config {path}: {key} must be true or false, got {value!r}")
-        return value
-    convert = action.type or (lambda v: v)
-    if convert is Path:
-        convert = lambda v: Path(str(v))  # noqa: E731
-    try:
-        if action.nargs in ("+", "*") or isinstance(action.nargs, int):
-            items = value if isinstance(value, (list, tuple)) else [value]
-            if isinstance(action.nargs, int) and len(items) != action.nargs:
-                raise ValueError(f"expected {action.nargs} values")
-            return [convert(v) for v in items]
-        if action.dest == "sched_on_updates":
-            if not isinstance(value, bool):
-                raise ValueError("expected true or false")
-            return value
-        return convert(value)
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"--config {path}: bad value {value!r} for {key} ({e})") from None
+    """Read a YAML recipe (``-c FILE``) into ``{dest: value}`` against this program's flags
+    (:func:`visionattn.engine.config.load_config` with :func:`build_parser`)."""
+    return _load_config(path, parser or build_parser(), program="train.py")
 
 
 def _default_output(cfg: Dict[str, Any]) -> Path:
@@ -1341,7 +436,7 @@ def resolve_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespa
     if cfg["fsdp"] and cfg["model_ema"]:
         raise UsageError("--model-ema is not supported with --fsdp (the EMA copy would be a full replica); use DDP")
     if ckpt is not None:
-        changed = [k for k in _REPRODUCIBILITY_KEYS if k in base and _jsonable(base[k]) != _jsonable(cfg.get(k))]
+        changed = [k for k in _REPRODUCIBILITY_KEYS if k in base and jsonable(base[k]) != jsonable(cfg.get(k))]
         if changed and os.environ.get("RANK", "0") == "0":
             print("warning: resuming with changed arguments (the run will not reproduce an uninterrupted one): "
                   + ", ".join(f"{k}: {base[k]!r} -> {cfg.get(k)!r}" for k in changed), file=sys.stderr)
@@ -1449,7 +544,7 @@ def _train(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], rank: int, 
             prepare_output_dir(out, args.overwrite, resuming=ckpt is not None, resume_requested=args.resume_requested)
         except FileExistsError as e:
             error[0] = str(e)
-    if _dist():
+    if is_distributed():
         dist.broadcast_object_list(error, src=0)
     if error[0]:
         raise FileExistsError(error[0])
@@ -1531,7 +626,7 @@ def _train(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], rank: int, 
             model_ema.module.load_state_dict(ckpt["model_ema"])
     train_model: nn.Module = model
     if args.fsdp:  # shard first, compile the sharded model
-        if not _dist():
+        if not is_distributed():
             raise UsageError("--fsdp needs several processes (run under torchrun)")
         train_model = apply_fsdp(model, device)
         model._va_fsdp = True
@@ -1540,7 +635,7 @@ def _train(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], rank: int, 
     else:  # compile, then wrap (timm's order); CPU DDP must get device_ids=None
         if args.torchcompile:
             train_model = torch.compile(train_model, backend=args.torchcompile)
-        if _dist():
+        if is_distributed():
             train_model = nn.parallel.DistributedDataParallel(
                 train_model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -1654,7 +749,7 @@ def _train(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], rank: int, 
             write_log_json(out / LOG_JSON_NAME, history)
             del state
         del model_state, opt_state
-        _barrier()
+        barrier()
 
     # Final evaluation of the final weights (all ranks), then export and reload check (rank 0).
     final = evaluate(train_model if args.fsdp else model, val_loader, device, autocast_dtype, progress=progress,
@@ -1665,14 +760,14 @@ def _train(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], rank: int, 
                              desc="EMA final eval", **eval_kw)
     model_state = full_state_dict(model)
     if not main_rank:
-        _barrier()
+        barrier()
         return {"rank": rank, "final": {k: final[k] for k in ("top1", "top5", "loss", "count")}}
     try:
         summary = _finish(args, out, model_state, model_ema, final, ema_final, history, data_config, label_names,
                           val_ds, device, autocast_dtype, progress, param_count, train_ds, data_desc, num_updates,
                           world_size, args_record)
     finally:
-        _barrier()
+        barrier()
     return summary
 
 
@@ -1715,9 +810,9 @@ def _finish(args, out, model_state, model_ema, final, ema_final, history, data_c
 
     best = max(history, key=lambda r: r["top1"]) if history else None
     summary = {
-        "model": args.model, "model_kwargs": _jsonable(args.model_kwargs), "param_count": param_count,
+        "model": args.model, "model_kwargs": jsonable(args.model_kwargs), "param_count": param_count,
         "data": data_desc, "num_classes": args.num_classes, "train_samples": len(train_ds),
-        "held_out_samples": len(val_ds), "data_config": _jsonable(data_config),
+        "held_out_samples": len(val_ds), "data_config": jsonable(data_config),
         "epochs": args.epochs + args.cooldown_epochs, "num_updates": num_updates, "seed": args.seed,
         "device": str(device),
         "world_size": world_size, "batch_size": args.batch_size, "grad_accum_steps": args.grad_accum_steps,
@@ -1727,10 +822,10 @@ def _finish(args, out, model_state, model_ema, final, ema_final, history, data_c
         "best": {"epoch": best["epoch"], "top1": best["top1"], "top5": best["top5"]} if best else None,
         "reload_check": {"top1": re_eval["top1"], "top5": re_eval["top5"], "identical": identical},
         "train_time_s": round(sum(r["train_time_s"] for r in history), 3),
-        "history": _jsonable(history),
-        "files": files, "predictions": predictions, "args": _jsonable(args_record),
+        "history": jsonable(history),
+        "files": files, "predictions": predictions, "args": jsonable(args_record),
     }
-    atomic_write_text(out / SUMMARY_NAME, json.dumps(_jsonable(summary), indent=2) + "\n")
+    atomic_write_text(out / SUMMARY_NAME, json.dumps(jsonable(summary), indent=2) + "\n")
     atomic_write_text(out / SUMMARY_TEXT_NAME, summary_text(summary))
     tqdm.write(f"final held-out top1 {final['top1']:.2f}%  top5 {final['top5']:.2f}%  "
                f"({final['count']} samples, chance {100.0 / args.num_classes:.1f}%); wrote {out / SUMMARY_NAME}")
@@ -1753,8 +848,6 @@ def _demo_predictions(model: nn.Module, val_ds, device: torch.device, label_name
     tqdm.write("held-out predictions (reloaded weights):  " + "  ".join(
         f"{r['true']}->{r['pred']}{'' if r['true'] == r['pred'] else '(x)'}" for r in rows))
     return rows
-
-
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:

@@ -50,11 +50,13 @@ from timm.data import resolve_data_config
 from tqdm import tqdm
 
 import visionattn  # noqa: F401  (registers the zoo's models with timm)
-from visionattn.tools.train import (
-    DEMO_NUM_CLASSES, UsageError, _jsonable, atomic_write_text, balanced_subset, build_demo_datasets,
-    build_folder_datasets, dataset_targets, evaluate, make_loader, parse_model_kwargs, resolve_amp,
-    resolve_device, run_cli,
-)
+from visionattn.engine.cli import UsageError, run_cli
+from visionattn.engine.config import parse_model_kwargs
+from visionattn.engine.data import balanced_subset, build_folder_datasets, dataset_targets, make_loader
+from visionattn.engine.digits import DEMO_NUM_CLASSES, build_demo_datasets
+from visionattn.engine.distributed import resolve_device
+from visionattn.engine.evaluation import evaluate, resolve_amp
+from visionattn.engine.files import atomic_write_text, jsonable
 
 DEFAULT_BATCH_SIZE = 128
 #: Columns of the CSV results and of the printed table.
@@ -196,7 +198,7 @@ def _is_oom(e: BaseException) -> bool:
 
 def evaluate_with_retry(model: torch.nn.Module, dataset, batch_size: int, *, device: torch.device, workers: int = 0,
                         retry: bool = True, log=print, **eval_kwargs) -> Tuple[Dict[str, float], int]:
-    """:func:`visionattn.tools.train.evaluate` over ``dataset``; on out-of-memory (CUDA's
+    """:func:`visionattn.engine.evaluation.evaluate` over ``dataset``; on out-of-memory (CUDA's
     ``torch.OutOfMemoryError`` or a RuntimeError saying so) the batch size is halved and the whole
     evaluation restarted, down to 1. Returns ``(metrics, batch size used)``; re-raises the error
     with ``retry=False`` or at batch size 1."""
@@ -339,14 +341,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "param_count": sum(p.numel() for p in model.parameters()), "batch_size": used_bs,
             "img_size": data_config["input_size"][-1], "input_size": data_config["input_size"],
             "crop_pct": data_config["crop_pct"], "interpolation": data_config["interpolation"],
-            "mean": data_config["mean"], "std": data_config["std"], "model_kwargs": _jsonable(model_kwargs),
+            "mean": data_config["mean"], "std": data_config["std"], "model_kwargs": jsonable(model_kwargs),
             "device": str(device), "amp": str(autocast_dtype) if autocast_dtype else None,
         })
         del model
 
     results = dict(rows[0])
     results["by_resolution"] = rows
-    text = json.dumps(_jsonable(results), indent=2)
+    text = json.dumps(jsonable(results), indent=2)
     print(text)
     if len(rows) > 1 or not progress:
         print(format_table(rows), file=sys.stderr)
