@@ -3,6 +3,8 @@ data and output checks every program relies on (class folders from ../shared/dat
 present, small synthetic folders otherwise)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -48,3 +50,96 @@ def test_balanced_subset_and_model_kwargs_parsing():
     with pytest.raises(UsageError, match="key=value"):
         parse_model_kwargs(["depths"])
 
+
+# --------------------------------------------------------------------------------------------
+# Class-folder data problems are reported, naming the file or class (issue #19, item 5)
+# --------------------------------------------------------------------------------------------
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+CIFAR10 = ROOT / ".." / "shared" / "data" / "cifar10"
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+EVAL_CFG = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear",
+            "crop_pct": 1.0}
+
+
+def _needs_cifar10():
+    if not CIFAR10.is_dir():
+        pytest.skip(f"CIFAR-10 class folders not found at {CIFAR10.resolve()} (developer machines and CI only)")
+
+
+def _image_folders(root, layout):
+    """``root/<split>/<class>/<i>.png`` tiny RGB images; ``layout`` maps split -> {class: count}."""
+    from PIL import Image
+    for split, classes in layout.items():
+        for name, n in classes.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (10 * i, 20, 30)).save(folder / f"{i}.png")
+    return root
+
+
+def test_empty_class_folder_is_named_not_dropped(tmp_path):
+    from visionattn.engine.data import build_folder_datasets
+    root = _image_folders(tmp_path, {"train": {"a": 2, "b": 2, "c": 2, "d": 0}, "val": {"a": 1, "b": 1, "c": 1}})
+    with pytest.raises(UsageError, match=r"class folder.*hold no images: 'd'.*3 classes instead of 4.*--bad-data skip"):
+        build_folder_datasets(root, EVAL_CFG, augment=False)
+    train_ds, val_ds, class_to_idx, _ = build_folder_datasets(root, EVAL_CFG, augment=False, bad_data="skip")
+    assert class_to_idx == {"a": 0, "b": 1, "c": 2} and len(train_ds) == 6
+    assert train_ds.data_problems["empty_classes"] == ["d"]
+
+
+def test_held_out_classes_the_model_does_not_know_are_counted(tmp_path):
+    _needs_cifar10()
+    from visionattn.engine.data import build_folder_datasets
+    known = {name: i for i, name in enumerate(CIFAR_CLASSES[:-1])}  # a model trained without 'truck'
+    on_disk = sum(1 for _ in (CIFAR10 / "test").glob("*/*.jpg"))
+    with pytest.raises(UsageError, match=r"1000 images in 1 class folder.*'truck' \(1000\)"):
+        build_folder_datasets(CIFAR10, EVAL_CFG, train_split=None, val_split="test", class_to_idx=known)
+    _, val_ds, _, _ = build_folder_datasets(CIFAR10, EVAL_CFG, train_split=None, val_split="test",
+                                            class_to_idx=known, bad_data="skip")
+    assert len(val_ds) == on_disk - 1000
+    assert val_ds.data_problems["unknown_classes"] == {"truck": 1000}
+
+
+def test_class_name_mismatch_says_which_names(tmp_path):
+    _needs_cifar10()
+    from visionattn.engine.data import build_folder_datasets
+    digits = {str(i): i for i in range(10)}  # e.g. a checkpoint of the digits demo
+    for bad_data in ("fail", "skip"):
+        with pytest.raises(UsageError, match=r"none of the 10 class folders.*airplane.*model's classes.*'0'"):
+            build_folder_datasets(CIFAR10, EVAL_CFG, train_split=None, val_split="test", class_to_idx=digits,
+                                  bad_data=bad_data)
+
+
+def test_corrupt_image_is_named_and_never_counted_twice(tmp_path):
+    from visionattn.engine.data import build_folder_datasets, make_loader
+    root = _image_folders(tmp_path, {"val": {"a": 3, "b": 3}})
+    bad = root / "val" / "a" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated: the header survives, the pixels do not
+    _, val_ds, _, _ = build_folder_datasets(root, EVAL_CFG, train_split=None)
+    with pytest.raises(UsageError, match=rf"cannot read image {re.escape(str(bad))}.*--bad-data skip"):
+        [b for b in make_loader(val_ds, 2, train=False)]
+    _, val_ds, _, _ = build_folder_datasets(root, EVAL_CFG, train_split=None, bad_data="skip")
+    targets = torch.cat([t for _, t in make_loader(val_ds, 2, train=False)])
+    assert targets.tolist() == [0, 0, 1, 1, 1]  # five images: the bad one left out, no neighbour doubled
+    assert val_ds.data_problems["unreadable"] == [str(bad)]
+
+
+# --------------------------------------------------------------------------------------------
+# Output places are checked before the work starts (issue #19, item 6)
+# --------------------------------------------------------------------------------------------
+def test_output_checks_name_the_place(tmp_path):
+    from visionattn.engine.cli import check_output_dir, check_output_file
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    where = re.escape(str(blocker))
+    with pytest.raises(UsageError, match=rf"--results-file {where}/r.json: cannot write there, {where} is a file"):
+        check_output_file(blocker / "r.json", "--results-file")
+    with pytest.raises(UsageError, match="is a directory"):
+        check_output_file(tmp_path, "--results-file")
+    with pytest.raises(UsageError, match="exists and is not a directory"):
+        check_output_dir(blocker, "--output")
+    check_output_file(tmp_path / "new" / "deeper" / "r.json", "--results-file")  # created later by the writer
+    check_output_dir(tmp_path / "run", "--output")
+    assert not (tmp_path / "new").exists() and not (tmp_path / "run").exists()  # checking creates nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

@@ -365,3 +365,103 @@ def test_timm_dataset_factory_reader(tmp_path):
     assert json.loads((out / "config.json").read_text())["label_names"][0] == "airplane"
     res = validate_tool.main(["--checkpoint", str(out / "last.pth.tar"), "--no-progress"])
     assert (res["top1"], res["count"]) == (summary["final"]["top1"], 30)
+
+
+# --------------------------------------------------------------------------------------------
+# Issue #19: data problems named, output places checked first, the right numbers printed
+# --------------------------------------------------------------------------------------------
+class _NoWork(Exception):
+    """Raised by a stand-in for the first piece of real work."""
+
+
+def _no_work(*args, **kwargs):
+    raise _NoWork
+
+
+def test_output_places_are_checked_before_the_work(short_demo_run, tmp_path, capsys, monkeypatch):
+    out, _ = short_demo_run
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    monkeypatch.setattr(validate_tool, "evaluate_with_retry", _no_work)
+    for flag in ("--results-file", "--results-csv"):
+        assert validate_tool.cli(["--checkpoint", str(out / "last.pth.tar"), flag, str(blocker / "r.json")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: {flag} {blocker / 'r.json'}: cannot write there, {blocker} is a file, not a directory"
+    monkeypatch.setattr(train_tool, "build_demo_datasets", _no_work)
+    assert train_tool.cli(["--demo", "--no-progress", "--output", str(blocker / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --output ") and "cannot write there" in err and len(err.splitlines()) == 1
+
+
+def test_recipe_warning_gives_the_recipes_batch(tmp_path, capsys, monkeypatch):
+    import yaml
+    config = ROOT / "configs" / "imagenet" / "dinat_mini.yaml"
+    recipe = yaml.safe_load(config.read_text())
+    gpus, batch, accum = recipe["recipe_gpus"], recipe["batch_size"], recipe.get("grad_accum_steps", 1)
+    assert batch != 64
+    monkeypatch.setattr(train_tool, "build_demo_datasets", _no_work)
+    with pytest.raises(_NoWork):
+        train_tool.main(["-c", str(config), "--demo", "-b", "64", "--no-progress", "--output", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert (f"recipe is for {gpus} processes x batch {batch} x accum {accum} = global batch {gpus * batch * accum} "
+            f"at lr {recipe['lr']:g}; this run has 1 x 64 x 1 = 64") in out
+
+
+def test_resume_with_more_epochs_follows_the_longer_schedule(tmp_path, capsys):
+    """The resumed run's LR in epochs 3-4 equals an uninterrupted 4-epoch run's (the saved
+    2-epoch cosine had ended at --min-lr, where the run used to stay without a word)."""
+    common = ["--demo", "--max-train-samples", "64", "--max-val-samples", "20", "--batch-size", "32",
+              "--warmup-epochs", "0", "--no-progress", "--seed", "0", "--min-lr", "1e-6"]
+    train_tool.main(common + ["--epochs", "4", "--output", str(tmp_path / "long")])
+    train_tool.main(common + ["--epochs", "2", "--output", str(tmp_path / "short")])
+    capsys.readouterr()
+    train_tool.main(common + ["--epochs", "4", "--output", str(tmp_path / "short"), "--resume", "auto"])
+    long_lr = [float(r["lr"]) for r in _log_metrics(tmp_path / "long")]
+    resumed_lr = [float(r["lr"]) for r in _log_metrics(tmp_path / "short")]
+    assert len(resumed_lr) == 4 and resumed_lr[2] > 1e-4
+    assert resumed_lr[2:] == pytest.approx(long_lr[2:], rel=1e-9)
+    assert "changed LR schedule (epochs: 2 -> 4)" in capsys.readouterr().out
+
+
+def test_validate_says_which_precision_each_run_used(short_demo_run, tmp_path, capsys):
+    out, _ = short_demo_run
+    ckpt = torch.load(out / "last.pth.tar", map_location="cpu", weights_only=True)
+    assert ckpt["eval_precision"] == "float32"
+    res = validate_tool.main(["--checkpoint", str(out / "last.pth.tar"), "--no-progress"])
+    assert res["precision"] == res["train_precision"] == "float32"
+    assert "note:" not in capsys.readouterr().err
+
+    bf16 = dict(ckpt, eval_precision="bfloat16 autocast", args=dict(ckpt["args"], amp=True))
+    torch.save(bf16, tmp_path / "bf16.pth.tar")
+    res = validate_tool.main(["--checkpoint", str(tmp_path / "bf16.pth.tar"), "--no-progress"])
+    assert (res["precision"], res["train_precision"]) == ("float32", "bfloat16 autocast")
+    assert "the training run evaluated in bfloat16 autocast" in capsys.readouterr().err
+    res = validate_tool.main(["--checkpoint", str(tmp_path / "bf16.pth.tar"), "--no-progress", "--amp"])
+    assert res["precision"] == "bfloat16 autocast" and "note:" not in capsys.readouterr().err
+
+    old = {k: v for k, v in bf16.items() if k != "eval_precision"}  # written before the entry existed
+    old["args"] = dict(old["args"], amp_dtype="bfloat16")
+    torch.save(old, tmp_path / "old.pth.tar")
+    assert validate_tool.main(["--checkpoint", str(tmp_path / "old.pth.tar"),
+                               "--no-progress"])["train_precision"] == "bfloat16 autocast"
+
+
+def test_validate_bad_data_fail_or_skip(short_demo_run, tmp_path, capsys):
+    """Class folders named as the demo's classes, plus a class the model does not know and a
+    truncated image: the default names the problem and stops, --bad-data skip counts and lists."""
+    from PIL import Image
+    out, _ = short_demo_run
+    for name in [str(c) for c in range(10)] + ["x"]:
+        (tmp_path / "val" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (25 * i, 100, 200)).save(tmp_path / "val" / name / f"{i}.png")
+    bad = tmp_path / "val" / "3" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    args = ["--checkpoint", str(out / "last.pth.tar"), "--data-dir", str(tmp_path), "--no-progress"]
+    assert validate_tool.cli(args) == 2
+    assert "1 class folder(s) the model does not know: 'x' (2)" in capsys.readouterr().err
+    res = validate_tool.main(args + ["--bad-data", "skip"])
+    assert (res["samples"], res["count"], res["skipped_unreadable"]) == (20, 19, 1)
+    assert res["data_problems"] == {"unknown_classes": {"x": 2}, "unreadable": [str(bad)]}
+    err = capsys.readouterr().err
+    assert f"skipped unreadable image {bad}" in err and "counted 19 of 20 held-out images" in err

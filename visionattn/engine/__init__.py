@@ -2,7 +2,7 @@
 detection references), one job per module:
 
 * :mod:`~visionattn.engine.cli`: :class:`UsageError` and :func:`run_cli`, a program's console entry
-  (exit codes, ``error: ...`` without a traceback, the resume hint on Ctrl-C).
+  (exit codes, ``error: ...`` without a traceback, the resume hint on Ctrl-C); checks that an output place is writable.
 * :mod:`~visionattn.engine.files`: atomic file writes and JSON-friendly values.
 * :mod:`~visionattn.engine.checkpoint`: training checkpoints (``last.pth.tar``) with RNG states,
   fine-tuning starts, the exported ``model.safetensors`` + ``config.json``.

@@ -1,9 +1,12 @@
 """The command-line runner every program shares: :class:`UsageError` (a mistake of the user's,
-printed as ``error: ...`` without a traceback) and :func:`run_cli` (a program's ``main`` turned
-into an exit status)."""
+printed as ``error: ...`` without a traceback), :func:`run_cli` (a program's ``main`` turned
+into an exit status) and the checks that an output place is writable before the work starts."""
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 
@@ -35,3 +38,54 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], Any], argv: Optional[Seque
         return 130
     return status(result)
 
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _probe_directory(directory: Path) -> Optional[str]:
+    """Why a file cannot be created in ``directory`` (by creating and removing one), or None."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".write-check-")
+    except OSError as e:
+        return e.strerror or str(e)
+    os.close(fd)
+    os.unlink(tmp)
+    return None
+
+
+def check_output_file(path: Optional[os.PathLike], flag: str) -> None:
+    """Check, before any work, that a program can write its results file ``path`` (given as
+    ``flag``): every existing ancestor is a directory, the nearest existing one accepts a new
+    file (tested by creating and removing one, so it holds for root and read-only file systems
+    too), and ``path`` itself is not a directory. Missing folders in between are fine (the atomic
+    writers create them). ``None`` passes. Raises :class:`UsageError` naming the place and why."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a directory; give a file name")
+    _check_place(path.parent, flag, path)
+
+
+def check_output_dir(path: Optional[os.PathLike], flag: str) -> None:
+    """:func:`check_output_file` for a folder a program will create or write into."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} exists and is not a directory")
+    _check_place(path, flag, path)
+
+
+def _check_place(directory: Path, flag: str, given: Path) -> None:
+    existing = _nearest_existing(directory)
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {given}: cannot write there, {existing} is a file, not a directory")
+    why = _probe_directory(existing)
+    if why is not None:
+        raise UsageError(f"{flag} {given}: cannot write there ({existing}: {why})")

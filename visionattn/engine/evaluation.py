@@ -40,7 +40,13 @@ def resolve_amp(device: torch.device, amp: bool, amp_dtype: str = "auto") -> Tup
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    """``torch.autocast`` on ``device`` to ``dtype``, or a no-op context for None (full fp32)."""
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def precision_name(autocast_dtype: Optional[torch.dtype]) -> str:
+    """How a forward pass computes: ``"float32"`` without autocast, else e.g. ``"bfloat16 autocast"``."""
+    return "float32" if autocast_dtype is None else f"{str(autocast_dtype).replace('torch.', '')} autocast"
 
 
 @torch.no_grad()

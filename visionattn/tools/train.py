@@ -81,14 +81,14 @@ import visionattn  # noqa: F401  (registers the zoo's models with timm)
 from visionattn.engine.checkpoint import (CHECKPOINT_NAME, CHECKPOINT_VERSION, CONFIG_NAME, WEIGHTS_NAME,
                                           export_weights, get_all_rng_states, load_checkpoint, load_exported_model,
                                           load_initial_checkpoint, save_checkpoint, set_rng_state)
-from visionattn.engine.cli import RESUME_HINT, UsageError, run_cli
+from visionattn.engine.cli import RESUME_HINT, UsageError, check_output_dir, run_cli
 from visionattn.engine.config import add_bool, load_config as _load_config, parse_model_kwargs
-from visionattn.engine.data import (balanced_subset, build_folder_datasets, dataset_targets, eval_shard_indices,
-                                    make_loader, make_train_sampler)
+from visionattn.engine.data import (BAD_DATA_CHOICES, balanced_subset, build_folder_datasets, dataset_targets,
+                                    data_problems, eval_shard_indices, make_loader, make_train_sampler)
 from visionattn.engine.digits import DEMO_NUM_CLASSES, build_demo_datasets
 from visionattn.engine.distributed import (all_reduce_sum, apply_fsdp, barrier, full_state_dict, init_distributed,
                                            is_distributed, no_grad_sync, unwrap_model)
-from visionattn.engine.evaluation import autocast, evaluate, resolve_amp
+from visionattn.engine.evaluation import autocast, evaluate, precision_name, resolve_amp
 from visionattn.engine.files import atomic_write_text, jsonable
 from visionattn.engine.model import create_model
 from visionattn.engine.reports import (CURVES_NAME, LOG_JSON_NAME, LOG_NAME, SUMMARY_NAME, SUMMARY_TEXT_NAME,
@@ -127,13 +127,16 @@ COMMON_DEFAULTS: Dict[str, Any] = dict(
     model_ema_warmup=False, model_ema_force_cpu=False, channels_last=False, torchcompile=None,
     grad_checkpointing=False, fsdp=False, pretrained=None, pretrained_path=None, initial_checkpoint=None,
     initial_checkpoint_ema=False,
-    recipe_gpus=None, config=None,
+    recipe_gpus=None, config=None, bad_data="fail",
 )
 DEMO_DEFAULTS: Dict[str, Any] = dict(
     model=DEMO_MODEL, num_classes=DEMO_NUM_CLASSES, img_size=32, epochs=20, batch_size=32, lr=2e-3,
     weight_decay=0.05, warmup_epochs=1, demo_shift=2, threads=1,
 )
 GENERIC_DEFAULTS: Dict[str, Any] = dict(epochs=100, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_epochs=5)
+# Arguments that define the LR schedule: when one differs on resumption the schedule is rebuilt.
+_SCHEDULE_KEYS = ("sched", "epochs", "cooldown_epochs", "warmup_epochs", "warmup_lr", "warmup_prefix", "min_lr", "lr",
+                  "decay_epochs", "decay_milestones", "decay_rate", "sched_on_updates")
 # Arguments whose change between the interrupted run and its resumption breaks reproduction.
 _REPRODUCIBILITY_KEYS = (
     "model", "model_kwargs", "num_classes", "drop_path", "drop", "demo", "data_dir", "dataset", "train_split",
@@ -142,7 +145,7 @@ _REPRODUCIBILITY_KEYS = (
     "mixup_prob", "mixup_switch_prob", "mixup_mode", "mixup_off_epoch", "demo_shift", "epochs", "batch_size", "opt",
     "lr", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "sched", "cooldown_epochs", "decay_epochs",
     "decay_rate", "layer_decay", "grad_accum_steps", "smoothing", "clip_grad", "clip_mode", "model_ema",
-    "model_ema_decay", "amp", "amp_dtype", "seed", "threads",
+    "model_ema_decay", "amp", "amp_dtype", "seed", "threads", "bad_data",
 )
 
 
@@ -275,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixup-off-epoch", type=int, help="turn mixup/cutmix off from this epoch (0 = never)")
     g.add_argument("--demo-shift", type=int, help="demo augmentation: random shift in pixels (2)")
     g.add_argument("--workers", type=int, help="data loader worker processes per rank (0)")
+    g.add_argument("--bad-data", choices=BAD_DATA_CHOICES,
+                   help="class folders: an empty class folder, held-out images of classes the training split lacks "
+                        "or an unreadable image stop the run naming it (fail, the default), or are left out, "
+                        "counted and listed (skip)")
     g = p.add_argument_group("model")
     g.add_argument("--model", help=f"timm model name, hf-hub:org/repo or local-dir:PATH (demo: {DEMO_MODEL} shrunk)")
     g.add_argument("--model-kwargs", nargs="*", metavar="KEY=VALUE",
@@ -440,6 +447,12 @@ def resolve_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespa
         if changed and os.environ.get("RANK", "0") == "0":
             print("warning: resuming with changed arguments (the run will not reproduce an uninterrupted one): "
                   + ", ".join(f"{k}: {base[k]!r} -> {cfg.get(k)!r}" for k in changed), file=sys.stderr)
+    cfg["recipe"] = None
+    if cfg.get("recipe_gpus"):  # what the recipe was written for: the config file's values, else the run's
+        recipe_src = {**cfg, **{k: v for k, v in from_config.items() if k in ("batch_size", "grad_accum_steps", "lr")}}
+        if not from_config and isinstance(base.get("recipe"), dict):
+            recipe_src = {**recipe_src, **base["recipe"]}
+        cfg["recipe"] = {k: recipe_src[k] for k in ("batch_size", "grad_accum_steps", "lr")}
     cfg["resume"] = str(ckpt_path) if ckpt_path else None
     cfg["resume_requested"] = bool(resume)
     cfg["overwrite"] = overwrite
@@ -487,16 +500,38 @@ def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.O
                                layer_decay_min_scale=getattr(args, "layer_decay_min_scale", 0.0), **kwargs)
 
 
+def recipe_warning(args: argparse.Namespace, world_size: int) -> Optional[str]:
+    """The warning for a run whose global batch differs from the one its recipe (``-c`` config
+    with ``recipe_gpus``) was written for, with the recipe's own numbers (its per-process batch,
+    accumulation and LR, not the command line's); None when they agree or there is no recipe."""
+    recipe = getattr(args, "recipe", None)
+    if not args.recipe_gpus or not recipe:
+        return None
+    recipe_global = args.recipe_gpus * recipe["batch_size"] * recipe["grad_accum_steps"]
+    run_global = world_size * args.batch_size * args.grad_accum_steps
+    if recipe_global == run_global and args.recipe_gpus == world_size:
+        return None
+    return (f"warning: the config's recipe is for {args.recipe_gpus} processes x batch {recipe['batch_size']} x "
+            f"accum {recipe['grad_accum_steps']} = global batch {recipe_global} at lr {recipe['lr']:g}; this run has "
+            f"{world_size} x {args.batch_size} x {args.grad_accum_steps} = {run_global}. --lr {args.lr:g} is used "
+            f"as given: rescale it by the recipe's rule (see the config's header)")
+
+
 def prepare_output_dir(out: Path, overwrite: bool, resuming: bool, resume_requested: bool = False) -> None:
     """Create ``out``; refuse a non-empty one unless ``overwrite`` or resuming.
 
     With ``overwrite`` on a fresh run, the artefacts of an earlier run (checkpoint, weights,
     logs) are deleted so none can be mistaken for this run's; other files are left alone.
-    Raises ``FileExistsError`` with the remedy in the message.
+    Raises ``FileExistsError`` with the remedy in the message, :class:`UsageError` for a place
+    where the folder cannot be created or written (checked before any work).
     """
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--output {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out, "--output")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--output {out}: cannot create it ({e.strerror or e})") from None
     if resuming:
         return
     existing = sorted(p.name for p in out.iterdir())
@@ -538,25 +573,24 @@ def _train(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], rank: int, 
            device: torch.device) -> Dict[str, Any]:
     out: Path = args.output
     main_rank = rank == 0
-    error: List[Optional[str]] = [None]
+    error: List[Any] = [None]
     if main_rank:
         try:
             prepare_output_dir(out, args.overwrite, resuming=ckpt is not None, resume_requested=args.resume_requested)
-        except FileExistsError as e:
-            error[0] = str(e)
+        except (FileExistsError, UsageError) as e:
+            error[0] = (type(e).__name__, str(e))
     if is_distributed():
         dist.broadcast_object_list(error, src=0)
     if error[0]:
-        raise FileExistsError(error[0])
+        raise (FileExistsError if error[0][0] == "FileExistsError" else UsageError)(error[0][1])
     progress = not args.no_progress and main_rank
     log = tqdm.write if main_rank else (lambda *a, **k: None)
     if args.threads:
         torch.set_num_threads(args.threads)
     autocast_dtype, need_scaler = resolve_amp(device, args.amp, args.amp_dtype)
-    if args.recipe_gpus and args.recipe_gpus != world_size:
-        log(f"warning: the config's recipe is for {args.recipe_gpus} processes x batch {args.batch_size}; this run "
-            f"has {world_size} (global batch {world_size * args.batch_size * args.grad_accum_steps}). --lr "
-            f"{args.lr:g} is used as given: rescale it by the recipe's rule (see the config's header)")
+    warning = recipe_warning(args, world_size)
+    if warning:
+        log(warning)
 
     # Every rank initialises the model from the same seed (FSDP2 shards each rank's own copy, it
     # broadcasts nothing); the per-rank seeds (augmentation, drop path) are set after the model.
@@ -584,7 +618,8 @@ def _train(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], rank: int, 
             args.data_dir, data_config, train_split=args.train_split, val_split=args.val_split,
             augment=not args.no_aug, scale=args.scale, hflip=args.hflip, color_jitter=args.color_jitter,
             dataset=args.dataset, download=args.dataset_download, ratio=args.ratio, aa=args.aa, reprob=args.reprob,
-            remode=args.remode, recount=args.recount, train_interpolation=args.train_interpolation)
+            remode=args.remode, recount=args.recount, train_interpolation=args.train_interpolation,
+            bad_data=args.bad_data)
         args.val_split = val_name
         data_desc = (f"{args.dataset or 'class folders'} at {args.data_dir} "
                      f"({args.train_split} and {val_name})")
@@ -671,10 +706,23 @@ def _train(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], rank: int, 
                                      options=StateDictOptions(full_state_dict=True))
         else:
             optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, num_updates = int(ckpt["epoch"]), int(ckpt["num_updates"])
+        old_args = ckpt.get("args") or {}
+        schedule_changed = [k for k in _SCHEDULE_KEYS
+                            if k in old_args and jsonable(old_args[k]) != jsonable(getattr(args, k))]
+        if schedule_changed:  # the saved schedule would ignore the new arguments (e.g. stay at min-lr)
+            saved_lr = optimizer.param_groups[0]["lr"]
+            scheduler.step(start_epoch)
+            if args.sched_on_updates:
+                scheduler.step_update(num_updates)
+            changes = ", ".join(f"{k}: {old_args[k]} -> {getattr(args, k)}" for k in schedule_changed)
+            log(f"resuming with a changed LR schedule ({changes}): the schedule is rebuilt from the new arguments "
+                f"and continues at epoch {start_epoch}, lr "
+                f"{optimizer.param_groups[0]['lr']:.3e} (it was at {saved_lr:.3e} on the checkpoint's schedule)")
+        else:
+            scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler") is not None:
             scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, num_updates = int(ckpt["epoch"]), int(ckpt["num_updates"])
         history = list(ckpt.get("history", []))
         rng_states = ckpt.get("rng_per_rank") or [ckpt["rng"]]
         if len(rng_states) == world_size:
@@ -696,7 +744,13 @@ def _train(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], rank: int, 
         f"{f', {torch.get_num_threads()} CPU threads' if device.type == 'cpu' else ''}")
     log(f"global batch {world_size} x {args.batch_size} x {args.grad_accum_steps} = "
         f"{world_size * args.batch_size * args.grad_accum_steps}, {updates_per_epoch} updates/epoch, "
-        f"{total_epochs} epochs; output {out}")
+        f"{total_epochs} epochs; evaluation in {precision_name(autocast_dtype)}; output {out}")
+    for name, ds in (("train", train_ds), ("held-out", val_ds)):
+        found = data_problems(ds)
+        if found:
+            log(f"{name} data left out (--bad-data skip): " + "; ".join(
+                f"{k.replace('_', ' ')}: {', '.join(map(str, v)) if isinstance(v, list) else v}"
+                for k, v in found.items()))
 
     eval_kw = dict(num_valid=val_valid, channels_last=args.channels_last)
     for epoch in range(start_epoch, total_epochs):
@@ -742,7 +796,7 @@ def _train(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], rank: int, 
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": rng_states[0], "rng_per_rank": rng_states, "history": history,
                 "data_config": dict(data_config), "class_to_idx": class_to_idx,
-                "metric": {"top1": ev["top1"], "top5": ev["top5"]},
+                "metric": {"top1": ev["top1"], "top5": ev["top5"]}, "eval_precision": precision_name(autocast_dtype),
             }
             save_checkpoint(out / CHECKPOINT_NAME, state)
             write_log_csv(out / LOG_NAME, history)
@@ -817,6 +871,9 @@ def _finish(args, out, model_state, model_ema, final, ema_final, history, data_c
         "device": str(device),
         "world_size": world_size, "batch_size": args.batch_size, "grad_accum_steps": args.grad_accum_steps,
         "threads": torch.get_num_threads(), "amp": str(autocast_dtype) if autocast_dtype else None,
+        "eval_precision": precision_name(autocast_dtype),
+        "data_problems": {name: found for name, found in (("train", data_problems(train_ds)),
+                                                          ("held_out", data_problems(val_ds))) if found} or None,
         "final": {k: final[k] for k in ("top1", "top5", "loss", "count")},
         "ema_final": {k: ema_final[k] for k in ("top1", "top5", "loss", "count")} if ema_final else None,
         "best": {"epoch": best["epoch"], "top1": best["top1"], "top5": best["top5"]} if best else None,

@@ -50,12 +50,13 @@ from timm.data import resolve_data_config
 from tqdm import tqdm
 
 import visionattn  # noqa: F401  (registers the zoo's models with timm)
-from visionattn.engine.cli import UsageError, run_cli
+from visionattn.engine.cli import UsageError, check_output_file, run_cli
 from visionattn.engine.config import parse_model_kwargs
-from visionattn.engine.data import balanced_subset, build_folder_datasets, dataset_targets, make_loader
+from visionattn.engine.data import (BAD_DATA_CHOICES, balanced_subset, build_folder_datasets, data_problems,
+                                    dataset_targets, make_loader)
 from visionattn.engine.digits import DEMO_NUM_CLASSES, build_demo_datasets
 from visionattn.engine.distributed import resolve_device
-from visionattn.engine.evaluation import evaluate, resolve_amp
+from visionattn.engine.evaluation import evaluate, precision_name, resolve_amp
 from visionattn.engine.files import atomic_write_text, jsonable
 
 DEFAULT_BATCH_SIZE = 128
@@ -92,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-b", "--batch-size", type=int, help=f"batch size (default: recorded, else {DEFAULT_BATCH_SIZE})")
     p.add_argument("--no-retry", action="store_true", help="do not halve the batch size on out-of-memory")
     p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--bad-data", choices=BAD_DATA_CHOICES, default="fail",
+                   help="class folders: held-out images of classes the model does not know, an empty class folder "
+                        "or an unreadable image stop with an error naming it (fail, the default), or are left "
+                        "out, counted and listed in the results (skip)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--threads", type=int, help="CPU intra-op threads, torch.set_num_threads (default: torch's)")
     p.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU; bf16 or fp16 on CUDA)")
@@ -113,8 +118,8 @@ def read_checkpoint(path: Path, use_ema: bool = False) -> Tuple[Dict[str, torch.
     """Weights and recorded metadata of a checkpoint.
 
     Returns ``(state_dict, meta)``; ``meta`` may hold ``model``, ``model_kwargs``,
-    ``num_classes``, ``data_config``, ``class_to_idx`` and ``train_args`` (whatever the file
-    records). ``.safetensors`` files are read with safetensors (metadata from a ``config.json``
+    ``num_classes``, ``data_config``, ``class_to_idx``, ``eval_precision`` and ``train_args``
+    (whatever the file records). ``.safetensors`` files are read with safetensors (metadata from a ``config.json``
     beside them); anything else with ``torch.load(weights_only=True)``, taking the ``model``
     or ``state_dict`` entry (``model_ema`` / ``state_dict_ema`` with ``use_ema``), or the whole file
     if it is a plain state dict.
@@ -165,6 +170,8 @@ def read_checkpoint(path: Path, use_ema: bool = False) -> Tuple[Dict[str, torch.
         meta["data_config"] = ckpt["data_config"]
     if ckpt.get("class_to_idx"):
         meta["class_to_idx"] = dict(ckpt["class_to_idx"])
+    if ckpt.get("eval_precision"):
+        meta["eval_precision"] = ckpt["eval_precision"]
     return _strip_prefix(state_dict), meta
 
 
@@ -190,6 +197,17 @@ def build_model(name: str, num_classes: int, model_kwargs: Dict[str, Any], state
             raise
         kwargs.pop("img_size")  # the architecture runs at any input size
         return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs, **extra)
+
+
+def _recorded_precision(train_args: Dict[str, Any]) -> Optional[str]:
+    """The precision a run of tools/train.py evaluated in, from its recorded arguments (checkpoints
+    that predate the ``eval_precision`` entry); None when unknown (not ours)."""
+    if "amp" not in train_args:
+        return None
+    if not train_args["amp"]:
+        return "float32"
+    dtype = train_args.get("amp_dtype") or "auto"
+    return f"{dtype} autocast" if dtype != "auto" else "bfloat16 or float16 autocast (--amp-dtype auto)"
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -243,6 +261,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     (listing missing/unexpected keys) when the checkpoint does not fit the model.
     """
     args = build_parser().parse_args(argv)
+    check_output_file(args.results_file, "--results-file")  # before the work, not after it
+    check_output_file(args.results_csv, "--results-csv")
     if args.checkpoint is None and not args.pretrained and not (args.model and ":" in args.model):
         raise UsageError("give --checkpoint (a .pth.tar or .safetensors file), --pretrained, "
                          "or --model hf-hub:org/repo / local-dir:PATH")
@@ -280,6 +300,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     device = resolve_device(args.device)
     autocast_dtype, _ = resolve_amp(device, args.amp, args.amp_dtype)
     progress = not args.no_progress
+    train_precision = meta.get("eval_precision") or _recorded_precision(train_args)
+    if train_precision and train_precision != precision_name(autocast_dtype):
+        print(f"note: this evaluation runs in {precision_name(autocast_dtype)}, the training run evaluated in "
+              f"{train_precision}: the accuracies can differ in the last digits"
+              + ("; pass --amp to match" if "autocast" in train_precision else "; drop --amp to match"),
+              file=sys.stderr)
 
     class_to_idx = meta.get("class_to_idx")
     num_classes = args.num_classes or meta.get("num_classes")
@@ -297,7 +323,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             num_classes = cfg.num_classes if cfg is not None else None
     if num_classes is None:  # learn the class count from the split before building the model
         _, _, class_to_idx, _ = build_folder_datasets(data_dir, probe_cfg, train_split=None, val_split=split,
-                                                      dataset=dataset, download=args.dataset_download)
+                                                      dataset=dataset, download=args.dataset_download,
+                                                      bad_data=args.bad_data)
         if not class_to_idx:
             raise UsageError("the dataset does not list its classes; give --num-classes")
         num_classes = len(class_to_idx)
@@ -322,7 +349,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         else:
             _, val_ds, found, split_name = build_folder_datasets(
                 data_dir, data_config, train_split=None, val_split=split, class_to_idx=class_to_idx,
-                dataset=dataset, download=args.dataset_download)
+                dataset=dataset, download=args.dataset_download, bad_data=args.bad_data)
             class_to_idx = class_to_idx or found
             split_desc = f"{dataset or 'class folders'}: {Path(data_dir) / split_name if data_dir else split_name}"
         if class_to_idx and len(class_to_idx) > num_classes:
@@ -343,7 +370,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             "crop_pct": data_config["crop_pct"], "interpolation": data_config["interpolation"],
             "mean": data_config["mean"], "std": data_config["std"], "model_kwargs": jsonable(model_kwargs),
             "device": str(device), "amp": str(autocast_dtype) if autocast_dtype else None,
+            "precision": precision_name(autocast_dtype), "train_precision": train_precision,
+            "samples": len(val_ds), "skipped_unreadable": len(val_ds) - metrics["count"],
+            "data_problems": data_problems(val_ds),
         })
+        if rows[-1]["data_problems"]:
+            print(f"counted {metrics['count']} of {len(val_ds)} held-out images; left out (--bad-data skip): "
+                  f"{json.dumps(rows[-1]['data_problems'])}", file=sys.stderr)
         del model
 
     results = dict(rows[0])
