@@ -123,6 +123,11 @@ def test_corrupt_image_is_named_and_never_counted_twice(tmp_path):
     targets = torch.cat([t for _, t in make_loader(val_ds, 2, train=False)])
     assert targets.tolist() == [0, 0, 1, 1, 1]  # five images: the bad one left out, no neighbour doubled
     assert val_ds.data_problems["unreadable"] == [str(bad)]
+    # batch size 1: the bad image's batch is empty; evaluation passes over it and counts five
+    from visionattn.engine.evaluation import evaluate
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
+    metrics = evaluate(model, make_loader(val_ds, 1, train=False), torch.device("cpu"), progress=False)
+    assert metrics["count"] == 5
 
 
 # --------------------------------------------------------------------------------------------

@@ -88,8 +88,10 @@ def data_problems(ds) -> Optional[Dict[str, Any]]:
 
 def collate_skipping(batch):
     """``default_collate`` of the samples that are not ``None`` (images :class:`FolderImages`
-    could not read and was told to skip)."""
-    return default_collate([b for b in batch if b is not None])
+    could not read and was told to skip); ``None`` when no sample is left, which the training
+    and evaluation loops pass over."""
+    kept = [b for b in batch if b is not None]
+    return default_collate(kept) if kept else None
 
 
 def _check_class_folders(ds: FolderImages, split_dir: Path, class_to_idx: Optional[Dict[str, int]],

@@ -64,7 +64,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, autocast_dtype: Opt
     model.eval()
     correct1 = correct5 = 0
     loss_sum, count, seen = 0.0, 0, 0
-    for images, targets in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+        if batch is None:  # every sample of the batch was skipped as unreadable (--bad-data skip)
+            continue
+        images, targets = batch
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         if channels_last:

@@ -177,9 +177,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer, scheduler, loss_fn, *, 
     pbar = tqdm(loader, total=n_micro, desc=f"train {epoch + 1}/{epochs}", leave=False, disable=not progress,
                 dynamic_ncols=True)
     optimizer.zero_grad(set_to_none=True)
-    for step, (images, targets) in enumerate(pbar):
+    for step, batch in enumerate(pbar):
         if step >= n_micro:
             break
+        if batch is None:  # every sample of the micro-batch was skipped as unreadable (--bad-data skip)
+            continue
+        images, targets = batch
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         if mixup_fn is not None:
