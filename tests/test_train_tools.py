@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from timm.loss import SoftTargetCrossEntropy
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -24,6 +25,7 @@ from visionattn.tools import validate as validate_tool  # noqa: E402
 from visionattn.engine.checkpoint import load_initial_checkpoint  # noqa: E402
 from visionattn.engine.cli import UsageError  # noqa: E402
 from visionattn.engine.model import create_model  # noqa: E402
+from visionattn.engine.optim import build_loss, build_mixup, build_optimizer  # noqa: E402
 
 CIFAR10 = ROOT / ".." / "shared" / "data" / "cifar10"
 # A DiNAT shrunk to ~1.8M parameters (the demo's), written as the CLI takes it.
@@ -231,7 +233,7 @@ def test_layer_decay_scales_follow_model_depth():
     import re
     model = create_model("dinat_mini", 10, train_tool.DEMO_KWARGS)
     args = train_tool.argparse.Namespace(opt="adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.5)
-    opt = train_tool.build_optimizer(model, args)
+    opt = build_optimizer(model, args)
     d, names = 0.5, {id(p): n for n, p in model.named_parameters()}
     checked = 0
     for group in opt.param_groups:
@@ -262,8 +264,8 @@ def test_layer_decay_scales_follow_model_depth():
 def test_mixup_targets_are_soft_and_training_runs(tmp_path):
     args, _ = train_tool.resolve_args(["--demo", "--mixup", "0.8", "--cutmix", "1.0", "--smoothing", "0.1",
                                        "--output", str(tmp_path / "unused")])
-    mixup = train_tool.build_mixup(args, 10)
-    assert isinstance(train_tool.build_loss(args.smoothing, mixup=True), train_tool.SoftTargetCrossEntropy)
+    mixup = build_mixup(args, 10)
+    assert isinstance(build_loss(args.smoothing, mixup=True), SoftTargetCrossEntropy)
     np.random.seed(0)
     images, targets = torch.randn(8, 3, 16, 16), torch.arange(8) % 10
     mixed, soft = mixup(images.clone(), targets)

@@ -11,6 +11,7 @@ detection references), one job per module:
 * :mod:`~visionattn.engine.digits`: the demo data (scikit-learn's bundled digits).
 * :mod:`~visionattn.engine.config`: YAML config files merged with argparse, ``key=value`` kwargs.
 * :mod:`~visionattn.engine.model`: a model by name, with pretrained weights from any source.
+* :mod:`~visionattn.engine.optim`: optimizer (layer-wise LR decay), loss and Mixup/CutMix from flags.
 * :mod:`~visionattn.engine.evaluation`: top-1/top-5 evaluation and the AMP precision choice.
 * :mod:`~visionattn.engine.reports`: per-epoch CSV/JSON logs, curves, the run summary.
 

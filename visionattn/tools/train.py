@@ -71,9 +71,7 @@ from tqdm import tqdm
 
 import timm
 import timm.models
-from timm.data import Mixup, resolve_data_config
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
+from timm.data import resolve_data_config
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, dispatch_clip_grad, random_seed
 
@@ -91,6 +89,7 @@ from visionattn.engine.distributed import (all_reduce_sum, apply_fsdp, barrier, 
 from visionattn.engine.evaluation import autocast, evaluate, precision_name, resolve_amp
 from visionattn.engine.files import atomic_write_text, jsonable
 from visionattn.engine.model import create_model
+from visionattn.engine.optim import build_loss, build_mixup, build_optimizer, mixup_active
 from visionattn.engine.reports import (CURVES_NAME, LOG_JSON_NAME, LOG_NAME, SUMMARY_NAME, SUMMARY_TEXT_NAME,
                                        plot_curves, summary_text, write_log_csv, write_log_json)
 
@@ -441,7 +440,7 @@ def resolve_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespa
         raise UsageError(f"--mixup-mode must be batch, pair or elem, got {cfg['mixup_mode']!r}")
     if cfg["remode"] not in ("pixel", "rand", "const"):
         raise UsageError(f"--remode must be pixel, rand or const, got {cfg['remode']!r}")
-    if _mixup_active(cfg) and cfg["batch_size"] % 2:
+    if mixup_active(cfg) and cfg["batch_size"] % 2:
         raise UsageError(f"--mixup/--cutmix need an even --batch-size, got {cfg['batch_size']}")
     if cfg["fsdp"] and cfg["model_ema"]:
         raise UsageError("--model-ema is not supported with --fsdp (the EMA copy would be a full replica); use DDP")
@@ -460,47 +459,6 @@ def resolve_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespa
     cfg["resume_requested"] = bool(resume)
     cfg["overwrite"] = overwrite
     return argparse.Namespace(**cfg), ckpt
-
-
-def _mixup_active(cfg: Dict[str, Any]) -> bool:
-    return bool(cfg.get("mixup") or cfg.get("cutmix") or cfg.get("cutmix_minmax"))
-
-
-def build_mixup(args: argparse.Namespace, num_classes: int) -> Optional[Mixup]:
-    """``timm.data.Mixup`` from the flags (label smoothing folded into its soft targets), or
-    None when mixup and cutmix are off."""
-    if not _mixup_active(vars(args)):
-        return None
-    return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
-                 cutmix_minmax=tuple(args.cutmix_minmax) if args.cutmix_minmax else None, prob=args.mixup_prob,
-                 switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=args.smoothing,
-                 num_classes=num_classes)
-
-
-def build_loss(smoothing: float, mixup: bool) -> nn.Module:
-    """The training loss: ``SoftTargetCrossEntropy`` while Mixup/CutMix is active (its soft
-    targets already carry the label smoothing), else ``LabelSmoothingCrossEntropy(smoothing)``,
-    or plain cross-entropy for ``smoothing == 0``. Inputs: logits (B, C) and targets (B,) int64
-    or (B, C) probabilities."""
-    if mixup:
-        return SoftTargetCrossEntropy()
-    return LabelSmoothingCrossEntropy(smoothing) if smoothing > 0 else nn.CrossEntropyLoss()
-
-
-def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """``timm.optim.create_optimizer_v2`` from the flags: ``opt`` (adamw, sgd, lamb, ...), ``lr``,
-    ``weight_decay`` (skipping 1-D parameters and ``model.no_weight_decay()``), ``momentum``,
-    ``opt_eps``/``opt_betas`` when given, and ``layer_decay``: parameter group ``i`` of the model's
-    ``group_matcher`` (stem first, head last) gets ``lr_scale = layer_decay ** (last - i)``, which
-    the scheduler multiplies into every LR it sets. Build it after FSDP sharding."""
-    kwargs: Dict[str, Any] = {}
-    if getattr(args, "opt_eps", None) is not None:
-        kwargs["eps"] = args.opt_eps
-    if getattr(args, "opt_betas", None) is not None:
-        kwargs["betas"] = tuple(args.opt_betas)
-    return create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                               momentum=getattr(args, "momentum", 0.9), layer_decay=args.layer_decay,
-                               layer_decay_min_scale=getattr(args, "layer_decay_min_scale", 0.0), **kwargs)
 
 
 def recipe_warning(args: argparse.Namespace, world_size: int) -> Optional[str]:
