@@ -89,6 +89,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad, random_seed
 
 import visionattn  # noqa: F401  (registers the zoo's models with timm)
+from visionattn.tools._console import describe_initial_checkpoint, show_progress, with_load_report
 
 # --------------------------------------------------------------------------------------------
 # Constants
@@ -1453,7 +1454,7 @@ def _train(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], rank: int, 
         dist.broadcast_object_list(error, src=0)
     if error[0]:
         raise FileExistsError(error[0])
-    progress = not args.no_progress and main_rank
+    progress = show_progress(False if args.no_progress else None) and main_rank
     log = tqdm.write if main_rank else (lambda *a, **k: None)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -1506,7 +1507,7 @@ def _train(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], rank: int, 
     if args.max_val_samples:
         val_ds = torch.utils.data.Subset(val_ds, balanced_subset(dataset_targets(val_ds), args.max_val_samples))
 
-    model = create_model(args.model, args.num_classes, args.model_kwargs, args.drop_path, drop=args.drop,
+    model = with_load_report(create_model, log)(args.model, args.num_classes, args.model_kwargs, args.drop_path, drop=args.drop,
                          img_size=args.img_size if not args.demo else None,
                          pretrained=args.pretrained if ckpt is None else None,
                          pretrained_path=args.pretrained_path if ckpt is None else None)
@@ -1514,7 +1515,7 @@ def _train(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], rank: int, 
         random_seed(args.seed, rank)
     if args.initial_checkpoint is not None and ckpt is None:
         info = load_initial_checkpoint(model, args.initial_checkpoint, use_ema=args.initial_checkpoint_ema)
-        log(f"initial weights from {args.initial_checkpoint}; re-initialised (shape differs): {info['skipped']}")
+        log(describe_initial_checkpoint(args.initial_checkpoint, info))
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     model.to(device)

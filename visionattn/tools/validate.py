@@ -50,6 +50,7 @@ from timm.data import resolve_data_config
 from tqdm import tqdm
 
 import visionattn  # noqa: F401  (registers the zoo's models with timm)
+from visionattn.tools._console import show_progress, unknown_model_message
 from visionattn.tools.train import (
     DEMO_NUM_CLASSES, UsageError, _jsonable, atomic_write_text, balanced_subset, build_demo_datasets,
     build_folder_datasets, dataset_targets, evaluate, make_loader, parse_model_kwargs, resolve_amp,
@@ -241,6 +242,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     (listing missing/unexpected keys) when the checkpoint does not fit the model.
     """
     args = build_parser().parse_args(argv)
+    if unknown_model_message(args.model):
+        raise UsageError(unknown_model_message(args.model))
     if args.checkpoint is None and not args.pretrained and not (args.model and ":" in args.model):
         raise UsageError("give --checkpoint (a .pth.tar or .safetensors file), --pretrained, "
                          "or --model hf-hub:org/repo / local-dir:PATH")
@@ -277,7 +280,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     autocast_dtype, _ = resolve_amp(device, args.amp, args.amp_dtype)
-    progress = not args.no_progress
+    progress = show_progress(False if args.no_progress else None)
 
     class_to_idx = meta.get("class_to_idx")
     num_classes = args.num_classes or meta.get("num_classes")
