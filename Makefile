@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast test-slow install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,22 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) tools/train.py --demo --output runs/demo --overwrite
 
+# The whole suite in two pytest calls: the quick cases first (`make test-fast` alone, what a
+# developer runs), then the `slow` ones (real-data training, large variants, multi-process runs).
+# Both always run; make fails if either did. Each prints its 25 slowest tests.
+PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest -q --durations=25
+
 test: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m pytest -q
+	status=0; \
+	$(PYTEST) -m "not slow" || status=$$?; \
+	$(PYTEST) -m slow || status=$$?; \
+	exit $$status
+
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow"
+
+test-slow: $(STAMP)
+	$(PYTEST) -m slow
 
 clean:
 	rm -rf $(VENV) runs

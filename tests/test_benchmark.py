@@ -216,14 +216,43 @@ def test_outputs_written(tmp_path):
 
 
 def test_compare_timm_ratio(tmp_path):
+    # the README's own example names its prefix vs_timm: no vs_timm_vs_timm.csv (issue #19.11)
     out = bm.main(["--model", "davit_tiny_va", "--compare-timm", "--bench", "inference", "-b", "1", "--img-size", "64",
                    "--repeats", "1", "--num-bench-iter", "1", "--num-warm-iter", "0", "--no-gmacs", "--no-memory",
-                   "--output", str(tmp_path / "cmp")])
+                   "--output", str(tmp_path / "vs_timm")])
     (row,) = out["compare_rows"]
     assert row["baseline"] == "timm:davit_tiny" and row["mode"] == "inference"
     assert row["speed_ratio"] == pytest.approx(row["baseline_ms"] / row["ours_ms"], rel=1e-2)
-    assert (tmp_path / "cmp_vs_timm.csv").is_file()
-    assert "Side by side with timm" in (tmp_path / "cmp.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vs_timm.csv", "vs_timm.md", "vs_timm_models.csv"]  # no png without GMACs
+    with open(tmp_path / "vs_timm.csv") as f:
+        assert next(csv.DictReader(f))["baseline"] == "timm:davit_tiny"
+    with open(tmp_path / "vs_timm_models.csv") as f:
+        assert next(csv.DictReader(f))["model"] == "davit_tiny_va"
+    assert "Side by side with timm" in (tmp_path / "vs_timm.md").read_text()
+
+
+def test_output_paths():
+    assert bm.output_paths("runs/b/cmp", compare=True) == {
+        "csv": "runs/b/cmp.csv", "compare_csv": "runs/b/cmp_vs_timm.csv", "md": "runs/b/cmp.md", "png": "runs/b/cmp.png"}
+    assert bm.output_paths("runs/b/zoo.md")["csv"] == "runs/b/zoo.csv"
+    assert bm.output_paths("runs/b/vs_timm")["csv"] == "runs/b/vs_timm.csv"  # no comparison: nothing renamed
+    assert bm.output_paths("runs/b/maxvit_vs_timm.csv", compare=True)["compare_csv"] == "runs/b/maxvit_vs_timm.csv"
+
+
+def test_cpu_run_prints_no_kineto_gpu_error(tmp_path):
+    """On a machine without a GPU the CPU memory profiler printed ``ERROR ... gpuGetDeviceCount failed``."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    res = subprocess.run([sys.executable, "-m", "visionattn.tools.benchmark", "--model", "agent_deit_tiny", "--bench",
+                          "inference", "--img-size", "32", "--num-warm-iter", "0", "--num-bench-iter", "1", "--no-gmacs",
+                          "--threads", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "infer_peak_mb=" in res.stdout and "mem_method=cpu_profiler_alloc" in res.stdout
+    assert "gpuGetDeviceCount" not in res.stderr and "ERROR" not in res.stderr, res.stderr
     with pytest.raises(ValueError, match="timm implementation"):
         bm.main(["--model", "nat_mini", "--compare-timm", "--bench", "flops"])
 

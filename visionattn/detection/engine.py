@@ -170,7 +170,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                     max_iters: Optional[int] = None) -> Dict[str, Any]:
     """One epoch of detector training; returns mean losses and the new ``global_step``.
 
-    ``loader`` yields ``(images, targets)`` lists (:func:`~visionattn.detection.data.collate_fn`).
+    ``epoch`` is the 0-based epoch index (the progress bar and error messages show ``epoch + 1``,
+    as ``log.csv`` does; the ``epoch`` of the records stays 0-based). ``loader`` yields
+    ``(images, targets)`` lists (:func:`~visionattn.detection.data.collate_fn`).
     ``scheduler`` (per-iteration ``LambdaLR``) is stepped after every update; ``log_fn`` receives
     one record per iteration on rank 0 (epoch, iter, step, lr, the all-reduced loss terms and
     their sum, seconds). Raises ``FloatingPointError`` when the loss is not finite.
@@ -179,7 +181,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     sums: Dict[str, float] = {}
     n = 0
     total = len(loader) if max_iters is None else min(len(loader), max_iters)
-    bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not (progress and is_main()), dynamic_ncols=True)
+    bar = tqdm(total=total, desc=f"epoch {epoch + 1}", disable=not (progress and is_main()), dynamic_ncols=True)
     t0 = time.time()
     for i, (images, targets) in enumerate(loader):
         if max_iters is not None and i >= max_iters:
@@ -193,7 +195,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"non-finite loss at epoch {epoch} iteration {i}: "
+                f"non-finite loss at epoch {epoch + 1} iteration {i}: "
                 + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items()))
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:

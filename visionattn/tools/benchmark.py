@@ -31,12 +31,17 @@ img/s / timm img/s, > 1 means ours is faster; ``mem_ratio`` = ours peak / timm p
 
 Outputs (``--output PREFIX``): ``PREFIX.csv`` (one row per model/size/batch), ``PREFIX.md``
 (command, machine, versions, settings and the table) and ``PREFIX.png`` (throughput vs GMACs,
-one marker/colour per family, matplotlib Agg). Runs on CPU and CUDA, fp32 / bf16 / fp16.
+one marker/colour per family, matplotlib Agg); with ``--compare-timm`` also ``PREFIX_vs_timm.csv``
+(the side-by-side rows), unless PREFIX already ends in ``vs_timm``: then the side-by-side rows are
+``PREFIX.csv`` and the per-model rows ``PREFIX_models.csv`` (:func:`output_paths`). Runs on CPU
+and CUDA, fp32 / bf16 / fp16. On CPU, kineto's start-up log (``ERROR: gpuGetDeviceCount failed``
+on machines without a GPU, ``profiler_start/stop`` lines) is silenced unless ``KINETO_LOG_LEVEL``
+is set.
 
 Examples::
 
     python tools/benchmark.py --model 'nat_*' dinat_tiny --bench inference -b 1 --output runs/bench/nat
-    python tools/benchmark.py --model maxvit_tiny davit_tiny_va --compare-timm -b 8 --repeats 5 --output runs/bench/vs_timm
+    python tools/benchmark.py --model maxvit_tiny davit_tiny_va --compare-timm -b 8 --repeats 5 --output runs/bench/vs_timm  # vs_timm.csv + vs_timm_models.csv
     python tools/benchmark.py --model '*' --bench inference -b 1 --num-bench-iter 2 --output benchmarks/results/zoo
     python tools/benchmark.py --model biformer_tiny --device cuda --precision amp_bfloat16 --channels-last --torchcompile -b 64
 """
@@ -286,6 +291,9 @@ def peak_memory_mb(step: Callable[[], None], device: torch.device) -> Tuple[floa
         step()
         _sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20, "cuda_max_allocated"
+    # kineto reads its log level once, at its first use: without a GPU it would print
+    # "ERROR ... gpuGetDeviceCount failed" and a USDT line per start/stop (6: none of its log)
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -460,6 +468,25 @@ def plot_throughput(path: str, rows: List[Dict[str, Any]], y: str = "infer_img_s
     return path
 
 
+def output_paths(prefix: str, compare: bool = False) -> Dict[str, str]:
+    """The files ``--output PREFIX`` writes: ``csv`` (per-model rows), ``compare_csv``, ``md``, ``png``.
+
+    A trailing ``.csv``/``.png``/``.md`` is dropped from ``prefix``. The side-by-side rows of
+    ``--compare-timm`` go to ``PREFIX_vs_timm.csv``; a prefix that already ends in ``vs_timm``
+    (``--output runs/bench/vs_timm``) is not suffixed twice: its side-by-side rows are
+    ``PREFIX.csv`` and the per-model rows ``PREFIX_models.csv``.
+    """
+    if prefix.endswith((".csv", ".png", ".md")):
+        prefix = prefix.rsplit(".", 1)[0]
+    named_for_comparison = compare and os.path.basename(prefix).endswith("vs_timm")
+    return {
+        "csv": prefix + ("_models.csv" if named_for_comparison else ".csv"),
+        "compare_csv": prefix + (".csv" if named_for_comparison else "_vs_timm.csv"),
+        "md": prefix + ".md",
+        "png": prefix + ".png",
+    }
+
+
 def _input_size(model: nn.Module, img: Optional[int]) -> Tuple[int, int, int]:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     c, h, w = cfg.get("input_size", (3, 224, 224))
@@ -575,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-timm", action="store_true", help="also time timm's implementation side by side (interleaved)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds for --compare-timm")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave as is)")
-    p.add_argument("--output", default=None, help="prefix of PREFIX.csv / .md / .png (default: print only)")
+    p.add_argument("--output", default=None, help="prefix of PREFIX.csv / .md / .png, and PREFIX_vs_timm.csv with --compare-timm "
+                   "(default: print only)")
     p.add_argument("--plot-metric", default="infer_img_s", help="column plotted against gmacs")
     p.add_argument("--notes", default=None, help="Markdown file whose lines are appended to PREFIX.md (Notes section)")
     p.add_argument("--append", action="store_true",
@@ -629,14 +657,14 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]], patterns: List
     info = machine_info(device)
     files: Dict[str, str] = {}
     if args.output:
-        prefix = args.output[:-4] if args.output.endswith((".csv", ".png", ".md")) else args.output
+        paths = output_paths(args.output, compare=args.compare_timm)
         kept: List[Dict[str, Any]] = []
-        if args.append and os.path.isfile(prefix + ".csv"):
+        if args.append and os.path.isfile(paths["csv"]):
             key = lambda r: (str(r["model"]), str(r["img_size"]), str(r["batch_size"]), str(r["precision"]), str(r["device"]))
             new_keys = {key(r) for r in rows}
-            kept = [r for r in read_csv(prefix + ".csv") if key(r) not in new_keys]
+            kept = [r for r in read_csv(paths["csv"]) if key(r) not in new_keys]
         rows_out = kept + rows
-        files["csv"] = write_csv(prefix + ".csv", rows_out)
+        files["csv"] = write_csv(paths["csv"], rows_out)
         cmd = "python tools/benchmark.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
         header = {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -653,7 +681,7 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]], patterns: List
                 if any(r.get(c) not in (None, "") for r in rows_out)]
         tables = [("Results", markdown_table(rows_out, cols))]
         if compare_rows:
-            files["compare_csv"] = write_csv(prefix + "_vs_timm.csv", compare_rows)
+            files["compare_csv"] = write_csv(paths["compare_csv"], compare_rows)
             tables.append(("Side by side with timm (interleaved, medians; speed_ratio = ours img/s / timm img/s)",
                            markdown_table(compare_rows, ["model", "baseline", "mode", "img_size", "batch_size", "ours_img_s",
                                                          "baseline_img_s", "speed_ratio", "ours_peak_mb", "baseline_peak_mb", "mem_ratio"])))
@@ -666,8 +694,8 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]], patterns: List
         if args.notes:
             with open(args.notes) as f:
                 notes += f.read().splitlines()
-        files["md"] = write_markdown(prefix + ".md", "visionattn benchmark", header, tables, notes)
-        png = plot_throughput(prefix + ".png", rows_out, y=args.plot_metric, title=f"{args.plot_metric} vs GMACs ({device}, {args.precision})")
+        files["md"] = write_markdown(paths["md"], "visionattn benchmark", header, tables, notes)
+        png = plot_throughput(paths["png"], rows_out, y=args.plot_metric, title=f"{args.plot_metric} vs GMACs ({device}, {args.precision})")
         if png:
             files["png"] = png
     return {"rows": rows, "compare_rows": compare_rows, "files": files, "machine": info}

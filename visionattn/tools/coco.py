@@ -57,6 +57,7 @@ from visionattn.engine.cli import RESUME_HINT, UsageError, run_cli
 from visionattn.engine.config import parse_model_kwargs
 from visionattn.engine.evaluation import resolve_amp
 from visionattn.engine.files import atomic_write, atomic_write_text
+from visionattn.engine.console import default_workers, show_progress
 
 CHECKPOINT_NAME = "last.pth.tar"
 
@@ -67,10 +68,10 @@ DEFAULTS: Dict[str, Any] = dict(
     augment="multiscale", train_min_sizes=[480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800], max_size=1333,
     test_min_size=800, lsj_size=1024, schedule="1x", epochs=None, lr_steps=None, lr=1e-4, weight_decay=0.05,
     warmup_iters=500, warmup_ratio=0.001, layer_decay=None, no_decay_keywords=list(NO_DECAY_KEYWORDS), no_decay_1d=True,
-    clip_grad=None, batch_size=2, eval_batch_size=1, workers=4, aspect_ratio_group_factor=3, amp=False,
+    clip_grad=None, batch_size=2, eval_batch_size=1, workers=None, aspect_ratio_group_factor=3, amp=False,
     amp_dtype="auto", device=None, seed=42, output=None, eval_every=1, frozen_bn=True, sync_bn=False,
     fpn_channels=256, representation_size=1024, mask_head_channels=256, detector_kwargs={}, threads=None,
-    stop_after_epoch=None, progress=True, paper=None, source=None,
+    stop_after_epoch=None, progress=None, paper=None, source=None,
 )
 # keys whose change makes a resumed run differ from an uninterrupted one
 _REPRO_KEYS = ("detector", "model", "model_kwargs", "augment", "train_min_sizes", "max_size", "epochs", "lr_steps",
@@ -93,13 +94,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     a("--test-min-size", type=int, help="eval short side (800)")
     a("--max-size", type=int, help="long-side cap (1333)")
     a("--eval-batch-size", type=int)
-    a("--workers", type=int, help="data-loader workers per process")
+    a("--workers", type=int, help="data-loader workers per process (default: min(4, CPUs / processes on the node))")
     a("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (bf16 or fp16+GradScaler)")
     a("--amp-dtype", choices=("auto", "bfloat16", "float16"))
     a("--device", choices=("cpu", "cuda"))
     a("--threads", type=int, help="torch.set_num_threads per process")
     a("--output", help="output folder")
-    a("--progress", action=argparse.BooleanOptionalAction, default=None, help="tqdm progress bars")
+    a("--progress", action=argparse.BooleanOptionalAction, default=None,
+      help="tqdm progress bars (default: only when stderr is a terminal)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,7 +199,7 @@ def resolve_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Opt
         if ckpt_path is not None:
             ckpt = _load_checkpoint(ckpt_path)
     base = dict(ckpt.get("args", {})) if ckpt else {}
-    base = {k: v for k, v in base.items() if k in DEFAULTS}
+    base = {k: v for k, v in base.items() if k in DEFAULTS and k != "progress"}  # bars: this terminal's business
     if command == "eval":  # the data/device of the evaluation come from this call, not the training run
         for k in ("workers", "device", "threads", "output", "amp", "progress", "stop_after_epoch", "max_val_images"):
             base.pop(k, None)
@@ -216,6 +218,8 @@ def resolve_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Opt
     epochs, steps = SCHEDULES[cfg["schedule"]]
     cfg["epochs"] = epochs if cfg.get("epochs") is None else int(cfg["epochs"])
     cfg["lr_steps"] = list(steps) if cfg.get("lr_steps") is None else [int(s) for s in cfg["lr_steps"]]
+    if cfg.get("workers") is None:
+        cfg["workers"] = default_workers()
     for key, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("workers", 0), ("warmup_iters", 0),
                      ("max_size", 32), ("test_min_size", 32)):
         if cfg.get(key) is not None and int(cfg[key]) < low:
@@ -332,6 +336,35 @@ def _prepare_output(out: Path, overwrite: bool, resuming: bool) -> None:
                 p.unlink()
 
 
+def startup_summary(args, train_ds, val_ds, iters_per_epoch: int, info: Dict[str, Any], start_epoch: int = 0,
+                    global_step: int = 0) -> str:
+    """The lines ``train`` prints before its first step: detector and backbone, data, schedule,
+    optimisation, device/processes/workers, output (and where a resumed run continues)."""
+    world = info["world_size"]
+    weights = (f"ImageNet weights from {args.pretrained_file}" if args.pretrained_file else
+               "ImageNet pretrained" if args.pretrained else "random init")
+    if start_epoch:
+        weights = f"resumed from {args.resume}"
+    kwargs = f" {args.model_kwargs}" if args.model_kwargs else ""
+    val = f"{len(val_ds)} val images (eval every {args.eval_every or args.epochs} epoch(s))" if val_ds is not None \
+        else "no val set"
+    lines = [
+        f"coco train: {args.detector} on {args.model}{kwargs} ({weights}), {train_ds.num_classes} classes",
+        f"  data: {len(train_ds)} train images, {val}; augment {args.augment}, "
+        f"{args.batch_size} images/process x {world} process(es) = {args.batch_size * world} per step, "
+        f"{iters_per_epoch} steps/epoch",
+        f"  schedule: {args.epochs} epochs ({args.schedule if args.lr_steps == list(SCHEDULES[args.schedule][1]) else 'custom'}),"
+        f" LR x0.1 after epochs {args.lr_steps}, {args.warmup_iters} warm-up steps; AdamW lr {args.lr:g} "
+        f"wd {args.weight_decay:g}" + (f", layer decay {args.layer_decay:g}" if args.layer_decay else "")
+        + (f", clip {args.clip_grad:g}" if args.clip_grad else ""),
+        f"  device {info['device']}, {args.workers} loader workers/process, amp {'on' if args.amp else 'off'}, "
+        f"seed {args.seed}; output {args.output}",
+    ]
+    if start_epoch:
+        lines.append(f"  continuing at epoch {start_epoch + 1} of {args.epochs} (step {global_step})")
+    return "\n".join(lines)
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
@@ -389,8 +422,8 @@ def train(args, ckpt: Optional[Dict[str, Any]], info: Dict[str, Any]) -> Dict[st
             lines = [ln for ln in (out / "iterations.jsonl").read_text().splitlines()
                      if ln.strip() and json.loads(ln)["step"] <= global_step]
             atomic_write_text(out / "iterations.jsonl", "".join(ln + "\n" for ln in lines))
-        if is_main():
-            print(f"resumed from {args.resume} at epoch {start_epoch} (step {global_step})")
+    if is_main():
+        print(startup_summary(args, train_ds, val_ds, iters_per_epoch, info, start_epoch, global_step), flush=True)
     ddp_model = model
     if info["distributed"]:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -411,7 +444,7 @@ def train(args, ckpt: Optional[Dict[str, Any]], info: Dict[str, Any]) -> Dict[st
             sampler.set_epoch(epoch)
             stats = train_one_epoch(ddp_model, loader, optimizer, scheduler, device=device, epoch=epoch,
                                     global_step=global_step, autocast_dtype=autocast_dtype, scaler=scaler,
-                                    clip_grad=args.clip_grad, log_fn=log_fn, progress=args.progress)
+                                    clip_grad=args.clip_grad, log_fn=log_fn, progress=show_progress(args.progress))
             global_step = stats.pop("global_step")
             row = {"epoch": epoch + 1, **{k: round(v, 6) for k, v in stats.items()},
                    "lr": optimizer.param_groups[0]["lr"]}
@@ -419,7 +452,7 @@ def train(args, ckpt: Optional[Dict[str, Any]], info: Dict[str, Any]) -> Dict[st
             if val_ds is not None and (final or (args.eval_every and (epoch + 1) % args.eval_every == 0)):
                 res = evaluate(model, _eval_loader(val_ds, args, info), val_ds.coco, val_ds.label_to_cat_id,
                                device=device, iou_types=_iou_types(args), autocast_dtype=autocast_dtype,
-                               progress=args.progress)
+                               progress=show_progress(args.progress))
                 if is_main():
                     last_eval = _write_eval(out, f"eval_epoch{epoch + 1}.json", res, {"epoch": epoch + 1})
                     for t in _iou_types(args):
@@ -470,7 +503,7 @@ def evaluate_command(args, ckpt: Dict[str, Any], info: Dict[str, Any]) -> Dict[s
     model.to(device)
     autocast_dtype, _ = resolve_amp(device, bool(args.amp), args.amp_dtype)
     res = evaluate(model, _eval_loader(val_ds, args, info), val_ds.coco, trained_map, device=device,
-                   iou_types=_iou_types(args), autocast_dtype=autocast_dtype, progress=args.progress)
+                   iou_types=_iou_types(args), autocast_dtype=autocast_dtype, progress=show_progress(args.progress))
     if not is_main():
         return {}
     if is_main():

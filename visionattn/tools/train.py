@@ -92,6 +92,7 @@ from visionattn.engine.model import create_model
 from visionattn.engine.optim import build_loss, build_mixup, build_optimizer, mixup_active
 from visionattn.engine.reports import (CURVES_NAME, LOG_JSON_NAME, LOG_NAME, SUMMARY_NAME, SUMMARY_TEXT_NAME,
                                        plot_curves, summary_text, write_log_csv, write_log_json)
+from visionattn.engine.console import describe_initial_checkpoint, show_progress, with_load_report
 
 # --------------------------------------------------------------------------------------------
 # Constants and defaults
@@ -544,7 +545,7 @@ def _train(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], rank: int, 
         dist.broadcast_object_list(error, src=0)
     if error[0]:
         raise (FileExistsError if error[0][0] == "FileExistsError" else UsageError)(error[0][1])
-    progress = not args.no_progress and main_rank
+    progress = show_progress(False if args.no_progress else None) and main_rank
     log = tqdm.write if main_rank else (lambda *a, **k: None)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -597,7 +598,7 @@ def _train(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], rank: int, 
     if args.max_val_samples:
         val_ds = torch.utils.data.Subset(val_ds, balanced_subset(dataset_targets(val_ds), args.max_val_samples))
 
-    model = create_model(args.model, args.num_classes, args.model_kwargs, args.drop_path, drop=args.drop,
+    model = with_load_report(create_model, log)(args.model, args.num_classes, args.model_kwargs, args.drop_path, drop=args.drop,
                          img_size=args.img_size if not args.demo else None,
                          pretrained=args.pretrained if ckpt is None else None,
                          pretrained_path=args.pretrained_path if ckpt is None else None)
@@ -605,7 +606,7 @@ def _train(args: argparse.Namespace, ckpt: Optional[Dict[str, Any]], rank: int, 
         random_seed(args.seed, rank)
     if args.initial_checkpoint is not None and ckpt is None:
         info = load_initial_checkpoint(model, args.initial_checkpoint, use_ema=args.initial_checkpoint_ema)
-        log(f"initial weights from {args.initial_checkpoint}; re-initialised (shape differs): {info['skipped']}")
+        log(describe_initial_checkpoint(args.initial_checkpoint, info))
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     model.to(device)

@@ -58,6 +58,7 @@ from visionattn.engine.digits import DEMO_NUM_CLASSES, build_demo_datasets
 from visionattn.engine.distributed import resolve_device
 from visionattn.engine.evaluation import evaluate, precision_name, resolve_amp
 from visionattn.engine.files import atomic_write_text, jsonable
+from visionattn.engine.console import show_progress, unknown_model_message
 
 DEFAULT_BATCH_SIZE = 128
 #: Columns of the CSV results and of the printed table.
@@ -263,6 +264,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = build_parser().parse_args(argv)
     check_output_file(args.results_file, "--results-file")  # before the work, not after it
     check_output_file(args.results_csv, "--results-csv")
+    if unknown_model_message(args.model):
+        raise UsageError(unknown_model_message(args.model))
     if args.checkpoint is None and not args.pretrained and not (args.model and ":" in args.model):
         raise UsageError("give --checkpoint (a .pth.tar or .safetensors file), --pretrained, "
                          "or --model hf-hub:org/repo / local-dir:PATH")
@@ -299,7 +302,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     autocast_dtype, _ = resolve_amp(device, args.amp, args.amp_dtype)
-    progress = not args.no_progress
+    progress = show_progress(False if args.no_progress else None)
     train_precision = meta.get("eval_precision") or _recorded_precision(train_args)
     if train_precision and train_precision != precision_name(autocast_dtype):
         print(f"note: this evaluation runs in {precision_name(autocast_dtype)}, the training run evaluated in "
