@@ -45,11 +45,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
-from safetensors.torch import load_file
 from timm.data import resolve_data_config
 from tqdm import tqdm
 
 import visionattn  # noqa: F401  (registers the zoo's models with timm)
+from visionattn.models._hub import read_checkpoint as read_weights_file
 from visionattn.tools.train import (
     DEMO_NUM_CLASSES, UsageError, _jsonable, atomic_write_text, balanced_subset, build_demo_datasets,
     build_folder_datasets, dataset_targets, evaluate, make_loader, parse_model_kwargs, resolve_amp,
@@ -123,7 +123,7 @@ def read_checkpoint(path: Path, use_ema: bool = False) -> Tuple[Dict[str, torch.
         raise UsageError(f"checkpoint {path} does not exist")
     meta: Dict[str, Any] = {}
     if path.suffix == ".safetensors":
-        state_dict = load_file(str(path))
+        state_dict = dict(read_weights_file(path))  # errors name the file (truncated, corrupted)
         config_path = path.with_name("config.json")
         if config_path.is_file():
             cfg = json.loads(config_path.read_text())
@@ -138,7 +138,7 @@ def read_checkpoint(path: Path, use_ema: bool = False) -> Tuple[Dict[str, torch.
                 meta["class_to_idx"] = ({str(n): i for i, n in enumerate(names)} if isinstance(names, list)
                                         else {str(n): int(i) for i, n in names.items()})
         return state_dict, meta
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_weights_file(path)
     if use_ema:
         ema = next((ckpt[k] for k in ("model_ema", "state_dict_ema")
                     if isinstance(ckpt, dict) and isinstance(ckpt.get(k), dict)), None)
@@ -358,8 +358,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry: run :func:`main`, print user errors without a traceback."""
-    return run_cli(main, argv)
+    """Command-line entry: run :func:`main`, print user and checkpoint-file errors without a traceback."""
+    from visionattn.models._hub import CheckpointFileError
+    from visionattn.models._registry import CheckpointKeyError
+
+    return run_cli(main, argv, errors=(UsageError, CheckpointFileError, CheckpointKeyError))
 
 
 if __name__ == "__main__":
