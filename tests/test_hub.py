@@ -928,6 +928,10 @@ def test_a_users_run_is_never_pushed_as_official_weights(user_run_folder, tmp_pa
     torch.testing.assert_close(_logits(back, x), _logits(model, x), rtol=0, atol=0)
     with pytest.raises(UsageError, match="your own run"):
         push_to_hub.main([str(tmp_path / "o"), "--dry-run"])
+    with pytest.raises(UsageError, match="manifest records only official weights"):
+        convert_checkpoint.main([str(run / "last.pth.tar"), "--model", "dinat_mini.in1k", "--output", str(tmp_path / "o2"),
+                                 "--model-kwargs", json.dumps(dict(DINAT_KW, num_classes=10)), "--update-manifest"])
+    assert not (tmp_path / "o2").exists()
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     api = FakeHfApi()
     push_to_hub.main([str(run), "--repo-id", "me/dinat_mini.cifar10"], api=api)
@@ -949,3 +953,24 @@ def test_validate_checkpoint_names_truncated_and_non_finite_files(nat_folder, tm
     sd, _ = validate.read_checkpoint(tmp_path / "p.safetensors")
     with pytest.raises(CheckpointFileError, match=f"non-finite values .*{name}"):
         validate.build_model("nat_mini", 1000, NAT_KW, sd)
+
+
+def test_a_dead_official_link_falls_back_to_the_transformers_copy(nat_official, served, hub_dir, offline_cache, monkeypatch, tmp_path):
+    """#13.5: nat_mini.in1k records shi-labs.com, then the Hugging Face ``transformers`` copy
+    ``shi-labs/nat-mini-in1k-224`` (HF key layout, converted on load)."""
+    from _official_nat import official_to_hf
+
+    _, off = nat_official
+    recorded = _manifest.get_entry("nat_mini.in1k")["sources"]
+    assert [s["kind"] for s in recorded] == ["official", "hf-transformers"]
+    assert recorded[1]["hf_hub_id"] == "shi-labs/nat-mini-in1k-224" and recorded[1]["hf_hub_filename"] == "pytorch_model.bin"
+    repo = tmp_path / "hf"
+    repo.mkdir()
+    torch.save(official_to_hf(off.state_dict(), prefix="nat."), repo / "pytorch_model.bin")
+    _populate_hub_cache(offline_cache, "shi-labs/nat-mini-in1k-224", repo)
+    base = served({})
+    dead = dict(url=f"{base}/CLS/nat_mini.pth", file_name="nat_mini.pth", kind="official")
+    _manifest_with(monkeypatch, "nat_mini.in1k", sources=[dead, recorded[1]])
+    model = timm.create_model("nat_mini", pretrained=True, **NAT_KW)
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(_logits(model, x), _logits(off, x), rtol=1e-4, atol=1e-4)

@@ -407,9 +407,8 @@ def load_pretrained_checkpoint(
             "or load a local file with pretrained_cfg_overlay=dict(file='/path/to/weights.pth')"
         )
     failures: List[str] = []
-    single = len(sources) == 1 and any(k in sources[0] for k in ("file", "local_dir", "state_dict")) or (
-        len(sources) == 1 and sources[0].get("kind") is None
-    )
+    # an explicit location (file, local-dir:, hf-hub:, state dict: no ``kind``) is the user's own choice: its error as is
+    single = len(sources) == 1 and sources[0].get("kind") is None
     for src in sources:
         if "state_dict" in src:
             return src["state_dict"], "the state dict given in pretrained_cfg"

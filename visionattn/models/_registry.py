@@ -60,7 +60,14 @@ def build_model(
     """Build a registered variant: ``defaults`` (the paper's config) overridden by the user's
     ``kwargs``, through timm's ``build_model_with_cfg`` with our strict ``filter_fn`` and
     ``features_only`` served by ``forward_intermediates`` (``feature_cls='getter'``; the user may
-    pass ``out_indices``, default ``out_indices``)."""
+    pass ``out_indices``, default ``out_indices``). With ``pretrained=True`` the weights are read
+    by :mod:`visionattn.models._hub` whatever their source (see :func:`_build_pretrained`).
+
+    Raises:
+        PretrainedDownloadError: every source of the tag's weights failed (each listed).
+        CheckpointFileError: an unreadable, corrupted, unsafe or non-finite checkpoint (named).
+        CheckpointKeyError: the checkpoint does not fit the architecture (keys listed).
+    """
     kwargs = {**(defaults or {}), **(kwargs or {})}
     taps = kwargs.pop("out_indices", out_indices)
     size = kwargs.get("img_size")

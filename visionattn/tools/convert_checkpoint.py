@@ -349,6 +349,7 @@ def convert(
     log: Callable[[str], None] = print,
     tag: Optional[str] = None,
     repo_id: Optional[str] = None,
+    official_only: bool = False,
 ) -> Dict[str, Any]:
     """Convert ``source`` for manifest entry ``name`` into ``output`` (see the module docstring).
 
@@ -360,6 +361,7 @@ def convert(
     folder's name) with a card describing the run (:func:`run_card`); ``name`` then only chooses
     the architecture. Its ``config.json`` records ``visionattn.origin = "run"``, an official
     conversion ``"official"``: ``visionattn-push`` sends only the latter to our repos.
+    ``official_only`` (``--update-manifest``) refuses a run before anything is written.
 
     Raises:
         UsageError: unknown entry, output exists without ``overwrite``.
@@ -388,6 +390,9 @@ def convert(
         name = f"{arch}.{_run_tag(run, tag)}"
         if name in data["entries"]:
             raise UsageError(f"{name} is an official tag; give your run's weights their own --tag")
+        if official_only:
+            raise UsageError(f"{source} is your own training run, not an official release: the manifest records only "
+                             "official weights (drop --update-manifest)")
         log(f"{source} is a user's training run, not an official release: converting it as {name}")
     elif tag is not None:
         raise UsageError("--tag names a user's run; official releases keep their manifest tag")
@@ -520,9 +525,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         model_kwargs=args.model_kwargs,
         tag=args.tag,
         repo_id=args.repo_id,
+        official_only=args.update_manifest,
     )
-    if args.update_manifest and result["origin"] == "run":
-        raise UsageError(f"{result['model']} is your own run, not an official release: the manifest records only official weights")
     print(f"{result['model']}: wrote {result['output']} ({', '.join(f'{k} {v} B' for k, v in result['files'].items())})")
     print(f"reference: {result['reference']}" + (f"; max relative logit error {result['reference_max_rel_err']:.3g}"
                                                    if result["reference_max_rel_err"] is not None else ""))
