@@ -917,11 +917,12 @@ def test_a_users_run_is_never_pushed_as_official_weights(user_run_folder, tmp_pa
     config = json.loads((tmp_path / "o" / "config.json").read_text())
     assert config["pretrained_cfg"]["tag"] == "cifar10_dinat" and config["visionattn"]["origin"] == "run"
     assert config["num_classes"] == 10 and config["pretrained_cfg"]["input_size"] == [3, 32, 32] and config["label_names"][0] == "airplane"
+    assert not config["pretrained_cfg"].get("pool_size") and "url" not in config["pretrained_cfg"]
     card = (tmp_path / "o" / "README.md").read_text()
     for wrong in ("official release", "verified", "81.8", "Image size:** 224", "Reference:"):
         assert wrong not in card, wrong
     for right in ("CIFAR-10", "**Classes:** 10 (airplane", "32x32", "| final | 71.25 | 97.5 | 10000 |", "hf-hub:me/dinat_mini.cifar10",
-                  "not the authors' weights"):
+                  "not the authors' weights", "Initialised from:** the pretrained weights of `dinat_mini`"):
         assert right in card, right
     back = timm.create_model("local-dir:" + str(tmp_path / "o"), pretrained=True)
     x = torch.randn(1, 3, 32, 32)

@@ -122,6 +122,10 @@ def run_card(name: str, run: Mapping[str, Any], model, params: int, sha256: str,
     final, best = summary.get("final") or {}, summary.get("best") or {}
     labels = (run.get("config") or {}).get("label_names")
     size = cfg.get("input_size", (3, 224, 224))
+    start = args.get("pretrained")
+    init = (f"the pretrained weights of `{args.get('model') or arch}`" if start is True else
+            f"`{start}`" if start else f"`{args['initial_checkpoint']}`" if args.get("initial_checkpoint") else
+            "random initialisation" if start is False else "not recorded")
 
     def fmt(v, unit=""):
         return "–" if v is None else f"{v}{unit}"
@@ -137,7 +141,7 @@ def run_card(name: str, run: Mapping[str, Any], model, params: int, sha256: str,
         f"- **Data:** {summary.get('data') or args.get('data_dir') or args.get('dataset') or 'not recorded'}",
         f"- **Classes:** {model.num_classes}" + (f" ({', '.join(map(str, labels[:20]))}{', ...' if len(labels) > 20 else ''})" if labels else ""),
         f"- **Input size:** {size[-2]}x{size[-1]} (crop_pct {cfg.get('crop_pct')}, {cfg.get('interpolation')})",
-        f"- **Initialised from:** {args.get('pretrained') or args.get('initial_checkpoint') or 'not recorded'}",
+        f"- **Initialised from:** {init}",
         f"- **Epochs:** {fmt(summary.get('epochs'))}, training samples {fmt(summary.get('train_samples'))}",
         f"- **model.safetensors sha256:** `{sha256}`", "",
         "## Metrics (held-out split of the run, from its summary.json)", "",
@@ -434,7 +438,9 @@ def convert(
         if run_data:
             data_config = {k: (tuple(v) if isinstance(v, list) else v) for k, v in run_data.items()
                            if k in ("input_size", "interpolation", "mean", "std", "crop_pct")}
-        model.pretrained_cfg = {**model.pretrained_cfg, **(data_config or {}), "tag": name.split(".", 1)[1], "url": "", "hf_hub_id": None}
+        resized = data_config and tuple(data_config.get("input_size", ())) != tuple(model.pretrained_cfg.get("input_size", ()))
+        model.pretrained_cfg = {**model.pretrained_cfg, **(data_config or {}), "tag": name.split(".", 1)[1], "url": "", "hf_hub_id": None,
+                                **({"pool_size": None} if resized else {})}
     params = sum(p.numel() for p in model.parameters())
 
     side = verify_size or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
