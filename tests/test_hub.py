@@ -933,6 +933,12 @@ def test_a_users_run_is_never_pushed_as_official_weights(user_run_folder, tmp_pa
         convert_checkpoint.main([str(run / "last.pth.tar"), "--model", "dinat_mini.in1k", "--output", str(tmp_path / "o2"),
                                  "--model-kwargs", json.dumps(dict(DINAT_KW, num_classes=10)), "--update-manifest"])
     assert not (tmp_path / "o2").exists()
+    with pytest.raises(UsageError, match="dinat_mini.in1k is an official tag"):
+        convert_checkpoint.main([str(run / "model.safetensors"), "--model", "dinat_mini", "--tag", "in1k", "--output", str(tmp_path / "o3"),
+                                 "--model-kwargs", json.dumps(dict(DINAT_KW, num_classes=10))])
+    res = convert_checkpoint.main([str(run / "model.safetensors"), "--model", "dinat_mini", "--tag", "CIFAR-10 v2", "--output",
+                                   str(tmp_path / "o3"), "--model-kwargs", json.dumps(dict(DINAT_KW, num_classes=10))])
+    assert res["model"] == "dinat_mini.cifar_10_v2" and res["origin"] == "run"
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     api = FakeHfApi()
     push_to_hub.main([str(run), "--repo-id", "me/dinat_mini.cifar10"], api=api)
