@@ -9,6 +9,7 @@ downloads are served from a cache this file populates in huggingface_hub's layou
 from __future__ import annotations
 
 import collections
+import copy
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ from visionattn.models import cswin as cswin_mod
 from visionattn.models import davit as davit_mod
 from visionattn.models import maxvit as maxvit_mod
 from visionattn.models import nat as nat_mod
-from visionattn.models._hub import CheckpointFileError, UnsafeCheckpointError, read_checkpoint, sha256_file
+from visionattn.models._hub import CheckpointFileError, PretrainedDownloadError, UnsafeCheckpointError, read_checkpoint, sha256_file
 from visionattn.models._registry import CheckpointKeyError
 from visionattn.tools import convert_checkpoint, model_table, push_to_hub
 from visionattn.engine.cli import UsageError
@@ -370,9 +371,9 @@ class FakeHfApi:
         assert exist_ok and token == "hf_test"
         self.calls.append(("create_repo", repo_id))
 
-    def upload_folder(self, repo_id, folder_path, repo_type=None, revision=None, token=None, commit_message=None, ignore_patterns=None):
+    def upload_folder(self, repo_id, folder_path, repo_type=None, revision=None, token=None, commit_message=None, allow_patterns=None):
         self.calls.append(("upload_folder", repo_id))
-        self.remote[repo_id] = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+        self.remote[repo_id] = {p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.name in allow_patterns}
         return types.SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/1")
 
 
@@ -519,14 +520,16 @@ def test_corrupted_truncated_and_wrong_architecture_files_are_named(nat_official
     _populate_hub_cache(offline_cache, "visionattn/nat_mini.in1k", broken_dir)
     with pytest.raises(CheckpointFileError, match="Hub repo visionattn/nat_mini.in1k.*truncated or corrupted"):
         timm.create_model("hf-hub:visionattn/nat_mini.in1k", pretrained=True)
-    # checkpoint_path= bypasses visionattn's builder: safetensors' own message names the problem
-    with pytest.raises(Exception, match="incomplete metadata, file not fully covered"):
+    # checkpoint_path= goes through the same reader: the file is named (before: a bare SafetensorError)
+    with pytest.raises(CheckpointFileError, match=r"t\.safetensors \(\d+ bytes\) is not a valid safetensors file"):
         timm.create_model("nat_mini", checkpoint_path=str(bad_st), **NAT_KW)
     # wrong architecture: the keys that do not fit are listed
     with pytest.raises(CheckpointKeyError, match="does not match NAT"):
         overlay(out / "model.safetensors", name="dinat_s_tiny", **dict(depths=[1, 1, 1, 1], dilations=[[1]] * 4))
-    with pytest.raises(RuntimeError, match="size mismatch|Missing key"):
+    with pytest.raises(CheckpointKeyError, match="does not match NAT"):
         timm.create_model("nat_mini", checkpoint_path=str(out / "model.safetensors"), **dict(NAT_KW, embed_dim=32))
+    with pytest.raises(CheckpointKeyError, match="classifier has 1000 classes: pass num_classes=1000"):
+        timm.create_model("nat_mini", checkpoint_path=str(out / "model.safetensors"), num_classes=10, **NAT_KW)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -620,3 +623,361 @@ def test_wheel_ships_the_manifest():
     assert "pretrained.yaml" in data.get("visionattn.models", []), (
         'add to pyproject.toml: [tool.setuptools.package-data] "visionattn.models" = ["pretrained.yaml"]'
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# One reader for every path; downloads with explicit file names; sources tried in order (#13, #19)
+
+
+class _Served:
+    """A loopback HTTP server (a thread inside the test) serving ``{path: bytes}``; the query string
+    is ignored (``/f/<id>/?dl=1`` share links), anything else is a 404."""
+
+    def __init__(self, files):
+        import http.server
+        import threading
+        import urllib.parse
+
+        files = dict(files)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802  (http.server's name)
+                data = files.get(urllib.parse.urlparse(self.path).path)
+                if data is None:
+                    self.send_error(404, "gone")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def served():
+    servers = []
+
+    def make(files):
+        servers.append(_Served(files))
+        return servers[-1].base
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+@pytest.fixture
+def hub_dir(tmp_path, monkeypatch):
+    """torch.hub's cache folder (``<hub>/checkpoints`` holds URL downloads) in tmp_path."""
+    d = tmp_path / "torch_hub"
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(d))
+    return d / "checkpoints"
+
+
+AGENT_KW = dict(embed_dims=(8, 16, 16, 24), num_heads=(1, 2, 2, 3), depths=(1, 1, 2, 1), agent_num=(4, 4, 9, 4), img_size=64)
+
+
+def _fake_yacs(monkeypatch):
+    """A stand-in ``yacs.config.CfgNode`` class, so a test can pickle the official files' ``config``."""
+    yacs, yacs_config = types.ModuleType("yacs"), types.ModuleType("yacs.config")
+
+    class CfgNode(dict):
+        pass
+
+    CfgNode.__module__ = "yacs.config"
+    CfgNode.__qualname__ = "CfgNode"
+    yacs_config.CfgNode = CfgNode
+    monkeypatch.setitem(sys.modules, "yacs", yacs)
+    monkeypatch.setitem(sys.modules, "yacs.config", yacs_config)
+    return CfgNode
+
+
+@pytest.fixture
+def agent_official(tmp_path, monkeypatch):
+    """An official Agent-PVT file as the release: ``model`` (what the official evaluation loads),
+    ``state_dict_ema`` (other weights), the yacs ``config``. Returns (path, plain model, EMA model)."""
+    from test_agent import _official_keys
+
+    plain = timm.create_model("agent_pvt_tiny", **AGENT_KW).eval()
+    ema = timm.create_model("agent_pvt_tiny", **AGENT_KW).eval()
+    randomize_(plain, 11)
+    randomize_(ema, 12)
+    CfgNode = _fake_yacs(monkeypatch)
+    ckpt = {"model": _official_keys(plain, plain.state_dict()), "state_dict_ema": _official_keys(ema, ema.state_dict()),
+            "epoch": 300, "config": CfgNode(MODEL=CfgNode(TYPE="agent_pvt"))}
+    path = tmp_path / "agent_pvt_t.pth"
+    torch.save(ckpt, path)
+    monkeypatch.delitem(sys.modules, "yacs.config")
+    monkeypatch.delitem(sys.modules, "yacs")
+    return path, plain, ema
+
+
+def test_share_link_urls_download_under_an_explicit_file_name(agent_official, served, hub_dir):
+    """#13.3: every Agent URL ends in ``/?dl=1``; torch.hub derived an empty file name from it and
+    failed with IsADirectoryError. Served here through a loopback URL of the same shape."""
+    path, plain, _ = agent_official
+    base = served({"/f/57e0904221824ee7b7af/": path.read_bytes()})
+    url = f"{base}/f/57e0904221824ee7b7af/?dl=1"
+    model = timm.create_model("agent_pvt_tiny", pretrained=True, pretrained_cfg_overlay=dict(url=url), **AGENT_KW)
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(_logits(model, x), _logits(plain, x), rtol=0, atol=0)
+    cached = sorted(p.name for p in hub_dir.iterdir())
+    assert len(cached) == 1 and cached[0].startswith("agent_pvt_tiny.in1k-") and cached[0].endswith(".pth")
+    # every URL the manifest records has its own explicit, unique cache name
+    names = [s["file_name"] for e in _manifest.manifest_entries().values() for s in e["sources"] if "url" in s]
+    assert names and all(names) and len(names) == len(set(names))
+    official = _manifest.get_entry("agent_pvt_tiny.in1k")["sources"][0]
+    assert official["url"].endswith("/?dl=1") and official["file_name"].startswith("agent_pvt_tiny.in1k-") and official["kind"] == "official"
+
+
+def test_every_path_reads_one_file_the_same_way(agent_official, served, hub_dir, offline_cache, tmp_path):
+    """#13.4: an official Agent file (yacs ``config``, ``model`` and ``state_dict_ema``) gives the
+    weights the official evaluation uses (``model``) through every path; before, the overlay path
+    raised UnsafeCheckpointError (timm's reader) and would have taken ``state_dict_ema``."""
+    path, plain, ema = agent_official
+    x = torch.randn(1, 3, 64, 64)
+    want = _logits(plain, x)
+    assert not torch.allclose(want, _logits(ema, x))
+    direct = timm.create_model("agent_pvt_tiny", **AGENT_KW).eval()
+    direct.load_state_dict(agent_mod.checkpoint_filter_fn(read_checkpoint(path), direct))
+    base = served({"/f/x/": path.read_bytes()})
+    snap = tmp_path / "hubrepo"
+    snap.mkdir()
+    shutil.copy(path, snap / "pytorch_model.bin")
+    json.dump(dict(architecture="agent_pvt_tiny", num_classes=1000, model_args=AGENT_KW,
+                   pretrained_cfg=dict(tag="in1k")), open(snap / "config.json", "w"))
+    _populate_hub_cache(offline_cache, "someone/agent_pvt_tiny", snap)
+    res = convert_checkpoint.main([str(path), "--model", "agent_pvt_tiny.in1k", "--output", str(tmp_path / "conv"),
+                                   "--verify-size", "64", "--model-kwargs", json.dumps(AGENT_KW)])
+    models = {
+        "read_checkpoint + filter": direct,
+        "pretrained_cfg_overlay file": timm.create_model("agent_pvt_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **AGENT_KW),
+        "checkpoint_path": timm.create_model("agent_pvt_tiny", checkpoint_path=str(path), **AGENT_KW),
+        "url": timm.create_model("agent_pvt_tiny", pretrained=True, pretrained_cfg_overlay=dict(url=f"{base}/f/x/?dl=1"), **AGENT_KW),
+        "hf-hub": timm.create_model("hf-hub:someone/agent_pvt_tiny", pretrained=True),
+        "visionattn-convert": timm.create_model("local-dir:" + res["output"], pretrained=True),
+    }
+    for how, m in models.items():
+        torch.testing.assert_close(_logits(m, x), want, rtol=0, atol=0, msg=f"{how} loaded other weights")
+    # CSWin's official evaluation takes the EMA: every path agrees on that too
+    ema_model = randomize_(timm.create_model("cswin_tiny", **CSWIN_KW), 0).eval()
+    plain_model = randomize_(timm.create_model("cswin_tiny", **CSWIN_KW), 1).eval()
+    ckpt = {"state_dict": _cswin_official(plain_model), "state_dict_ema": _cswin_official(ema_model)}
+    torch.save(ckpt, tmp_path / "c.pth")
+    xc = torch.randn(1, 3, 64, 64)
+    for m in (timm.create_model("cswin_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "c.pth")), **CSWIN_KW),
+              timm.create_model("cswin_tiny", checkpoint_path=str(tmp_path / "c.pth"), **CSWIN_KW)):
+        torch.testing.assert_close(_logits(m, xc), _logits(ema_model, xc), rtol=0, atol=0)
+
+
+def _manifest_with(monkeypatch, name, **fields):
+    data = _manifest.load_manifest()
+    data["entries"][name].update(fields)
+    monkeypatch.setattr(_manifest, "load_manifest", lambda path=None: copy.deepcopy(data))
+    return data["entries"][name]
+
+
+def test_sources_are_tried_in_order_and_all_failures_are_listed(agent_official, served, hub_dir, monkeypatch):
+    """#13.5: a dead official link falls back to the mirrors the manifest records; when all fail,
+    one error lists each source with its failure and how to load a local file."""
+    path, plain, _ = agent_official
+    base = served({"/page/": b"<html>this share link has expired</html>" * 20, "/good/": path.read_bytes()})
+    dead = dict(url=f"{base}/dead/?dl=1", file_name="t-dead.pth", kind="official")
+    page = dict(url=f"{base}/page/", file_name="t-page.pth", kind="mirror")
+    good = dict(url=f"{base}/good/", file_name="t-good.pth", kind="mirror")
+    _manifest_with(monkeypatch, "agent_pvt_tiny.in1k", sources=[dead, page, good])
+    model = timm.create_model("agent_pvt_tiny", pretrained=True, **AGENT_KW)
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(_logits(model, x), _logits(plain, x), rtol=0, atol=0)
+    assert sorted(p.name for p in hub_dir.iterdir()) == ["t-good.pth"]  # the HTML page was not kept as a checkpoint
+    _manifest_with(monkeypatch, "agent_pvt_tiny.in1k", sources=[dead, page])
+    with pytest.raises(PretrainedDownloadError) as info:
+        timm.create_model("agent_pvt_tiny", pretrained=True, **AGENT_KW)
+    msg = str(info.value)
+    assert "agent_pvt_tiny.in1k" in msg and "every known source failed" in msg
+    assert f"1. {dead['url']} [official]: HTTPError: HTTP Error 404" in msg
+    assert f"2. {page['url']} [mirror]: " in msg and "is not a PyTorch or safetensors checkpoint" in msg
+    assert "pretrained_cfg_overlay=dict(file=" in msg and "checkpoint_path=" in msg
+
+
+def test_published_weights_are_checked_against_the_manifest_sha256(nat_folder, offline_cache, monkeypatch):
+    """#19.8: a Hub file whose bytes differ from the recorded sha256 is refused."""
+    out, res = nat_folder
+    _populate_hub_cache(offline_cache, "visionattn/nat_mini.in1k", out)
+    entry = _manifest_with(monkeypatch, "nat_mini.in1k", sources=[], converted=dict(
+        sha256=res["sha256"], top1=None, top5=None, resolution=None, dataset=None))
+    cfg = _manifest.cfg_for_entry(entry, nat_mod._cfg)
+    timm.create_model("nat_mini", pretrained=True, pretrained_cfg=cfg, **NAT_KW)  # the recorded digest: loads
+    _manifest_with(monkeypatch, "nat_mini.in1k", sources=[], converted=dict(
+        sha256="ab" * 32, top1=None, top5=None, resolution=None, dataset=None))
+    with pytest.raises(PretrainedDownloadError, match="but the manifest records abab"):
+        timm.create_model("nat_mini", pretrained=True, pretrained_cfg=cfg, **NAT_KW)
+
+
+def _poison(src: Path, dst: Path, index: int = 0) -> str:
+    """Copy a safetensors file, overwriting the first 4 bytes of one float tensor with 0xFF (a NaN)."""
+    data = bytearray(src.read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    name = sorted(k for k, v in header.items() if k != "__metadata__" and v["dtype"] == "F32")[index]
+    start = 8 + n + header[name]["data_offsets"][0]
+    data[start:start + 4] = b"\xff\xff\xff\xff"
+    dst.write_bytes(bytes(data))
+    return name
+
+
+def test_non_finite_weights_are_refused_on_every_path(nat_folder, tmp_path):
+    """#19.8: altered tensor bytes loaded silently and gave NaN logits."""
+    out, _ = nat_folder
+    folder = tmp_path / "poisoned"
+    shutil.copytree(out, folder)
+    name = _poison(out / "model.safetensors", folder / "model.safetensors")
+    bad = folder / "model.safetensors"
+    calls = [
+        lambda: timm.create_model("nat_mini", pretrained=True, pretrained_cfg_overlay=dict(file=str(bad)), **NAT_KW),
+        lambda: timm.create_model("nat_mini", checkpoint_path=str(bad), **NAT_KW),
+        lambda: timm.create_model("local-dir:" + str(folder), pretrained=True),
+    ]
+    for call in calls:
+        with pytest.raises(CheckpointFileError, match=rf"non-finite values \(NaN or Inf\) in 1 tensor\(s\): {name}"):
+            call()
+
+
+def test_written_weights_are_readable_by_others(nat_folder):
+    """#19.8: safetensors writes through a 0600 temp file; model.safetensors must get the mode of its neighbours."""
+    out, _ = nat_folder
+    want = 0o666 & ~_umask()
+    for p in out.iterdir():
+        assert p.stat().st_mode & 0o777 == want, p.name
+
+
+def _umask():
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+# ------------------------------------------------------------------------------------------------
+# A user's own run is not an official checkpoint (#19.3)
+
+
+@pytest.fixture
+def user_run_folder(tmp_path):
+    """A CIFAR-10 run folder as the trainer leaves it: model.safetensors + config.json written by
+    timm's save_for_hf from a model built from the ``in1k`` cfg (so config.json says tag in1k),
+    last.pth.tar with optimizer state, summary.json with local paths."""
+    model = randomize_(timm.create_model("dinat_mini", **dict(DINAT_KW, num_classes=10)), 21).eval()
+    run = tmp_path / "runs" / "cifar10-dinat"
+    run.mkdir(parents=True)
+    data_config = dict(input_size=(3, 32, 32), interpolation="bicubic", mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26), crop_pct=1.0)
+    labels = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    timm.models.save_for_hf(model, run, model_args=dict(DINAT_KW, num_classes=10), safe_serialization=True,
+                            data_config=data_config, model_config=dict(label_names=labels))
+    args = dict(model="dinat_mini", model_kwargs=DINAT_KW, num_classes=10, data_dir="/home/me/cifar10", pretrained=True)
+    opt = {"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}
+    torch.save({"version": 1, "arch": "dinat_mini", "args": args, "epoch": 3, "model": model.state_dict(), "optimizer": opt},
+               run / "last.pth.tar")
+    summary = dict(model="dinat_mini", data="CIFAR-10 (torchvision, /home/me/cifar10)", num_classes=10, train_samples=50000,
+                   held_out_samples=10000, data_config=data_config, epochs=3, final=dict(top1=71.25, top5=97.5, loss=0.8, count=10000),
+                   best=dict(epoch=3, top1=71.25, top5=97.5), files=dict(checkpoint=str(run / "last.pth.tar")), args=args)
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert json.loads((run / "config.json").read_text())["pretrained_cfg"]["tag"] == "in1k"  # what the trainer leaves
+    return run, model
+
+
+def test_a_users_run_is_never_pushed_as_official_weights(user_run_folder, tmp_path, monkeypatch, capsys):
+    run, model = user_run_folder
+    # before: planned visionattn/dinat_mini.in1k, with last.pth.tar and summary.json
+    with pytest.raises(UsageError, match="your own run .*tag 'in1k' is only the tag of the cfg it started from.*--repo-id"):
+        push_to_hub.main([str(run), "--dry-run"])
+    with pytest.raises(UsageError, match="visionattn/dinat_mini.in1k is an official repo"):
+        push_to_hub.main([str(run), "--dry-run", "--repo-id", "visionattn/dinat_mini.in1k"])
+    plan = push_to_hub.main([str(run), "--dry-run", "--repo-id", "me/dinat_mini.cifar10"])["uploads"][0]
+    assert [f["path"] for f in plan["files"]] == ["model.safetensors", "config.json"]
+    assert plan["not_uploaded"] == ["last.pth.tar", "summary.json"] and not plan["official"]
+    # the converter: a head mismatch names the kwargs to pass instead of a torch size-mismatch traceback
+    # (the small test model needs its shape kwargs; only num_classes is left out)
+    with pytest.raises(CheckpointKeyError, match=r'classifier differs .*"num_classes": 10'):
+        convert_checkpoint.main([str(run / "last.pth.tar"), "--model", "dinat_mini.in1k", "--output", str(tmp_path / "o"),
+                                 "--model-kwargs", json.dumps(DINAT_KW)])
+    res = convert_checkpoint.main([str(run / "last.pth.tar"), "--model", "dinat_mini.in1k", "--output", str(tmp_path / "o"),
+                                   "--model-kwargs", json.dumps(dict(DINAT_KW, num_classes=10)), "--repo-id", "me/dinat_mini.cifar10"])
+    assert res["origin"] == "run" and res["model"] == "dinat_mini.cifar10_dinat"
+    config = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert config["pretrained_cfg"]["tag"] == "cifar10_dinat" and config["visionattn"]["origin"] == "run"
+    assert config["num_classes"] == 10 and config["pretrained_cfg"]["input_size"] == [3, 32, 32] and config["label_names"][0] == "airplane"
+    assert not config["pretrained_cfg"].get("pool_size") and "url" not in config["pretrained_cfg"]
+    card = (tmp_path / "o" / "README.md").read_text()
+    for wrong in ("official release", "verified", "81.8", "Image size:** 224", "Reference:"):
+        assert wrong not in card, wrong
+    for right in ("CIFAR-10", "**Classes:** 10 (airplane", "32x32", "| final | 71.25 | 97.5 | 10000 |", "hf-hub:me/dinat_mini.cifar10",
+                  "not the authors' weights", "Initialised from:** the pretrained weights of `dinat_mini`"):
+        assert right in card, right
+    back = timm.create_model("local-dir:" + str(tmp_path / "o"), pretrained=True)
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(_logits(back, x), _logits(model, x), rtol=0, atol=0)
+    with pytest.raises(UsageError, match="your own run"):
+        push_to_hub.main([str(tmp_path / "o"), "--dry-run"])
+    with pytest.raises(UsageError, match="manifest records only official weights"):
+        convert_checkpoint.main([str(run / "last.pth.tar"), "--model", "dinat_mini.in1k", "--output", str(tmp_path / "o2"),
+                                 "--model-kwargs", json.dumps(dict(DINAT_KW, num_classes=10)), "--update-manifest"])
+    assert not (tmp_path / "o2").exists()
+    with pytest.raises(UsageError, match="dinat_mini.in1k is an official tag"):
+        convert_checkpoint.main([str(run / "model.safetensors"), "--model", "dinat_mini", "--tag", "in1k", "--output", str(tmp_path / "o3"),
+                                 "--model-kwargs", json.dumps(dict(DINAT_KW, num_classes=10))])
+    res = convert_checkpoint.main([str(run / "model.safetensors"), "--model", "dinat_mini", "--tag", "CIFAR-10 v2", "--output",
+                                   str(tmp_path / "o3"), "--model-kwargs", json.dumps(dict(DINAT_KW, num_classes=10))])
+    assert res["model"] == "dinat_mini.cifar_10_v2" and res["origin"] == "run"
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    api = FakeHfApi()
+    push_to_hub.main([str(run), "--repo-id", "me/dinat_mini.cifar10"], api=api)
+    assert sorted(api.remote["me/dinat_mini.cifar10"]) == ["config.json", "model.safetensors"]
+
+
+def test_validate_checkpoint_names_truncated_and_non_finite_files(nat_folder, tmp_path, capsys):
+    """#19.8: ``validate.py --checkpoint`` read safetensors raw (a bare SafetensorError without the
+    path) and evaluated NaN weights."""
+    from visionattn.tools import validate
+
+    out, _ = nat_folder
+    bad = _truncate(out / "model.safetensors", tmp_path / "t.safetensors")
+    with pytest.raises(CheckpointFileError, match=r"t\.safetensors \(\d+ bytes\) is not a valid safetensors file"):
+        validate.read_checkpoint(bad)
+    assert validate.cli(["--model", "nat_mini", "--checkpoint", str(bad)]) == 2
+    assert "t.safetensors" in capsys.readouterr().err
+    name = _poison(out / "model.safetensors", tmp_path / "p.safetensors")
+    sd, _ = validate.read_checkpoint(tmp_path / "p.safetensors")
+    with pytest.raises(CheckpointFileError, match=f"non-finite values .*{name}"):
+        validate.build_model("nat_mini", 1000, NAT_KW, sd)
+
+
+def test_a_dead_official_link_falls_back_to_the_transformers_copy(nat_official, served, hub_dir, offline_cache, monkeypatch, tmp_path):
+    """#13.5: nat_mini.in1k records shi-labs.com, then the Hugging Face ``transformers`` copy
+    ``shi-labs/nat-mini-in1k-224`` (HF key layout, converted on load)."""
+    from _official_nat import official_to_hf
+
+    _, off = nat_official
+    recorded = _manifest.get_entry("nat_mini.in1k")["sources"]
+    assert [s["kind"] for s in recorded] == ["official", "hf-transformers"]
+    assert recorded[1]["hf_hub_id"] == "shi-labs/nat-mini-in1k-224" and recorded[1]["hf_hub_filename"] == "pytorch_model.bin"
+    repo = tmp_path / "hf"
+    repo.mkdir()
+    torch.save(official_to_hf(off.state_dict(), prefix="nat."), repo / "pytorch_model.bin")
+    _populate_hub_cache(offline_cache, "shi-labs/nat-mini-in1k-224", repo)
+    base = served({})
+    dead = dict(url=f"{base}/CLS/nat_mini.pth", file_name="nat_mini.pth", kind="official")
+    _manifest_with(monkeypatch, "nat_mini.in1k", sources=[dead, recorded[1]])
+    model = timm.create_model("nat_mini", pretrained=True, **NAT_KW)
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(_logits(model, x), _logits(off, x), rtol=1e-4, atol=1e-4)

@@ -481,6 +481,10 @@ def test_names_and_cfgs():
         ours_cfg = timm.models.get_pretrained_cfg(t)
         timm_cfg = timm.models.get_pretrained_cfg(ours_cfg.hf_hub_id[len("timm/"):])
         for key in ("input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std", "num_classes"):
+            if key == "crop_pct" and t.startswith("davit"):
+                # the official dingmyu/davit evaluation of these weights (issue #13.4); timm's Hub copy says 0.95
+                assert (ours_cfg.crop_pct, timm_cfg.crop_pct) == (0.9, 0.95), t
+                continue
             assert getattr(ours_cfg, key) == getattr(timm_cfg, key), (t, key)
 
 

@@ -21,7 +21,7 @@ import visionattn  # noqa: F401  (registers the zoo's models with timm)
 
 from .cli import UsageError
 from .distributed import is_distributed
-from .files import atomic_write, fsync_dir, jsonable
+from .files import _UMASK, atomic_write, fsync_dir, jsonable
 
 
 CHECKPOINT_VERSION = 2
@@ -126,6 +126,7 @@ def export_weights(model: nn.Module, out_dir: os.PathLike, model_args: Dict[str,
             model, tmp, model_args=jsonable(model_args), safe_serialization=True,
             data_config={k: data_config[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct")},
             model_config=dict(label_names=list(label_names)) if label_names else None)
+        os.chmod(tmp / WEIGHTS_NAME, 0o666 & ~_UMASK)  # safetensors writes 0600; give the usual permissions
         paths = []
         for name in (WEIGHTS_NAME, CONFIG_NAME):
             with open(tmp / name, "rb") as f:

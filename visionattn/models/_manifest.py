@@ -3,7 +3,10 @@
 One entry per pretrained tag of every family (``"<arch>.<tag>"``, or the bare ``"<arch>"`` for
 an architecture without released weights) records: the family, the Hub repo id we publish under
 (org ``visionattn``; MaxViT / DaViT entries name timm's own live repos), the official source
-URL(s), the URL timm can download directly (if any), the licence, the key the official file wraps
+URL(s), the URL timm can download directly (if any), every known download source in the order
+``pretrained=True`` tries them (``sources``: official URL, Hugging Face ``transformers`` copies,
+mirrors named in the official READMEs, timm's Hub ports; each URL with the explicit
+``file_name`` it is cached under; see :func:`visionattn.models._hub.pretrained_sources`), the licence, the key the official file wraps
 its weights under, the metrics the authors report, the timm pretrained-cfg fields that differ
 from the family's defaults, notes, and once converted: the sha256 of our ``model.safetensors``
 and the metrics we measured.
@@ -72,6 +75,7 @@ _ENTRY_FIELDS = {
     "hub_id": (str, type(None)),
     "official_urls": list,
     "download_url": (str, type(None)),
+    "sources": list,
     "license": str,
     "wrapping_key": (str, type(None)),
     "reported": dict,
@@ -82,6 +86,10 @@ _ENTRY_FIELDS = {
 _REPORTED_FIELDS = ("top1", "resolution", "crop_pct", "params_m", "gmacs", "source")
 _CONVERTED_FIELDS = ("sha256", "top1", "top5", "resolution", "dataset")
 _SOURCE_KEYS = ("url", "hf_hub_id", "file", "state_dict", "hf_hub_filename", "license", "notes")
+#: Kinds of a download source: the authors' own file, a Hugging Face ``transformers`` copy (HF key
+#: layout, converted on load), another mirror the official README names, timm's live Hub port.
+SOURCE_KINDS = ("official", "hf-transformers", "mirror", "timm-hub")
+_SOURCE_FIELDS = ("url", "file_name", "hf_hub_id", "hf_hub_filename", "kind", "note")
 
 
 class ManifestError(ValueError):
@@ -95,6 +103,7 @@ def manifest_path() -> Path:
 
 def _validate(data: Any, source: str) -> Dict[str, Any]:
     problems: List[str] = []
+    file_names: Dict[str, str] = {}
     if not isinstance(data, Mapping) or not isinstance(data.get("entries"), Mapping):
         raise ManifestError(f"{source}: expected a mapping with 'version', 'hub_org' and 'entries'; got {type(data).__name__}")
     for key, e in data["entries"].items():
@@ -125,6 +134,8 @@ def _validate(data: Any, source: str) -> Dict[str, Any]:
             bad = sorted(set(e["reported"]) - set(_REPORTED_FIELDS))
             if bad:
                 problems.append(f"{key}: unknown reported fields {bad} (accepted: {list(_REPORTED_FIELDS)})")
+        if isinstance(e.get("sources"), list):
+            problems += _source_problems(key, e["sources"], file_names)
         if isinstance(e.get("cfg"), Mapping):
             bad = sorted(set(e["cfg"]) & set(_SOURCE_KEYS))
             if bad:
@@ -132,6 +143,33 @@ def _validate(data: Any, source: str) -> Dict[str, Any]:
     if problems:
         raise ManifestError(f"{source} is malformed:\n  " + "\n  ".join(problems))
     return dict(data)
+
+
+def _source_problems(key: str, sources: List[Any], file_names: Dict[str, str]) -> List[str]:
+    """Problems of one entry's ``sources`` list; ``file_names`` (name -> entry) spans the manifest,
+    since every URL is cached under its own explicit ``file_name``."""
+    out = []
+    for i, src in enumerate(sources):
+        where = f"{key}: sources[{i}]"
+        if not isinstance(src, Mapping):
+            out.append(f"{where} is {type(src).__name__}, not a mapping")
+            continue
+        bad = sorted(set(src) - set(_SOURCE_FIELDS))
+        if bad:
+            out.append(f"{where} has unknown fields {bad} (accepted: {list(_SOURCE_FIELDS)})")
+        if bool(src.get("url")) == bool(src.get("hf_hub_id")):
+            out.append(f"{where} must have exactly one of url / hf_hub_id")
+        if src.get("kind") not in SOURCE_KINDS:
+            out.append(f"{where} kind {src.get('kind')!r} is not one of {SOURCE_KINDS}")
+        if src.get("url"):
+            name = src.get("file_name")
+            if not isinstance(name, str) or not name or "/" in name:
+                out.append(f"{where} needs a file_name (the name the download is cached under); got {name!r}")
+            elif name in file_names:
+                out.append(f"{where} file_name {name!r} is already used by {file_names[name]}")
+            else:
+                file_names[name] = key
+    return out
 
 
 def load_manifest(path: Optional[Union[str, os.PathLike]] = None) -> Dict[str, Any]:

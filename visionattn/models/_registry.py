@@ -1,4 +1,5 @@
-"""Thin glue to timm: registration without clobbering, building, and strict checkpoint remapping."""
+"""Thin glue to timm: registration without clobbering, building (every pretrained load read by
+:mod:`visionattn.models._hub`), ``checkpoint_path=`` through the same reader, and strict checkpoint remapping."""
 from __future__ import annotations
 
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
@@ -14,6 +15,7 @@ __all__ = [
     "unwrap_state_dict",
     "check_state_dict",
     "CheckpointKeyError",
+    "load_checkpoint",
 ]
 
 _OUR_MODELS: List[str] = []
@@ -58,14 +60,21 @@ def build_model(
     """Build a registered variant: ``defaults`` (the paper's config) overridden by the user's
     ``kwargs``, through timm's ``build_model_with_cfg`` with our strict ``filter_fn`` and
     ``features_only`` served by ``forward_intermediates`` (``feature_cls='getter'``; the user may
-    pass ``out_indices``, default ``out_indices``)."""
+    pass ``out_indices``, default ``out_indices``). With ``pretrained=True`` the weights are read
+    by :mod:`visionattn.models._hub` whatever their source (see :func:`_build_pretrained`).
+
+    Raises:
+        PretrainedDownloadError: every source of the tag's weights failed (each listed).
+        CheckpointFileError: an unreadable, corrupted, unsafe or non-finite checkpoint (named).
+        CheckpointKeyError: the checkpoint does not fit the architecture (keys listed).
+    """
     kwargs = {**(defaults or {}), **(kwargs or {})}
     taps = kwargs.pop("out_indices", out_indices)
     size = kwargs.get("img_size")
     if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
         # timm's save_for_hf records img_size as (H, W); our square-size models take one int
         kwargs["img_size"] = int(size[0])
-    try:
+    if not pretrained:
         return build_model_with_cfg(
             model_cls,
             variant,
@@ -74,20 +83,108 @@ def build_model(
             feature_cfg=dict(flatten_sequential=True, out_indices=taps, feature_cls="getter"),
             **kwargs,
         )
-    except Exception as exc:  # a truncated / corrupted weights file: say so (visionattn.models._hub)
-        if not pretrained or isinstance(exc, CheckpointKeyError):
-            raise
-        from ._hub import explain_load_error
+    return _build_pretrained(model_cls, variant, filter_fn, taps, kwargs)
 
-        overlay = kwargs.get("pretrained_cfg_overlay") or {}
-        cfg = kwargs.get("pretrained_cfg")
-        field = lambda k: overlay.get(k) or (cfg.get(k) if isinstance(cfg, Mapping) else getattr(cfg, k, None))  # noqa: E731
-        file = field("file")
-        source = file or (f"Hub repo {field('hf_hub_id')}" if field("hf_hub_id") else f"the pretrained weights of {variant}")
-        err = explain_load_error(exc, str(source), file)
-        if err is None:
-            raise
-        raise err from exc
+
+#: Stands in for the state dict in the cfg handed to timm, so timm's own file / URL / Hub readers
+#: never run: the checkpoint was already read by ``visionattn.models._hub`` (non-empty: timm tests truthiness).
+_SENTINEL_KEY = "__visionattn_checkpoint_read_by_visionattn__"
+
+
+def _build_pretrained(model_cls, variant: str, filter_fn: Callable, taps, kwargs: Dict):
+    """``pretrained=True``: read the checkpoint through ``visionattn.models._hub`` (one reader for
+    every source: overlay file or state dict, ``local-dir:``, ``hf-hub:``, Hub id, tag URL and its
+    mirrors), then let timm build the model and load it (first-conv / classifier adaptation,
+    ``features_only``) from an in-memory state dict, the raw checkpoint going to ``filter_fn``."""
+    from timm.models._builder import resolve_pretrained_cfg
+
+    from ._hub import check_finite, load_pretrained_checkpoint, pretrained_sources
+
+    cfg = resolve_pretrained_cfg(variant, kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None)).to_dict()
+    sources = pretrained_sources(cfg)
+    checkpoint, label = load_pretrained_checkpoint(sources, name=f"{cfg.get('architecture') or variant}"
+                                                   + (f".{cfg['tag']}" if cfg.get("tag") else ""), cache_dir=kwargs.get("cache_dir"))
+
+    def read_filter(_sentinel, model):
+        sd = filter_fn(checkpoint, model)
+        check_finite(sd, label)
+        return sd
+
+    original = {k: cfg.get(k) for k in ("source", "state_dict")}
+    cfg.update(state_dict={_SENTINEL_KEY: torch.zeros(())}, source="")
+    model = build_model_with_cfg(
+        model_cls,
+        variant,
+        True,
+        pretrained_cfg=cfg,
+        pretrained_filter_fn=read_filter,
+        feature_cfg=dict(flatten_sequential=True, out_indices=taps, feature_cls="getter"),
+        **kwargs,
+    )
+    for m in (model, getattr(model, "model", None)):
+        pc = getattr(m, "pretrained_cfg", None)
+        if isinstance(pc, dict):
+            pc.update(original)
+    return model
+
+
+def load_checkpoint(model: torch.nn.Module, checkpoint_path, *args, **kwargs):
+    """``timm.create_model(..., checkpoint_path=...)`` for visionattn models: the file is read by
+    :func:`visionattn.models._hub.read_checkpoint` (errors name the file), converted by the
+    family's ``checkpoint_filter_fn`` (official layouts accepted; the filter picks ``model`` or
+    ``state_dict_ema`` as for ``pretrained=True``), checked for NaN/Inf and loaded strictly.
+    Other models go to timm's own ``load_checkpoint`` unchanged (installed in
+    ``timm.models._factory`` at import, the only place ``create_model`` looks it up).
+
+    Raises:
+        CheckpointFileError: unreadable, truncated or non-finite file.
+        CheckpointKeyError: the weights do not fit the model (keys listed; a classifier of another
+            class count says which ``num_classes`` to pass).
+    """
+    import sys
+
+    module = sys.modules.get(type(model).__module__)
+    filter_fn = getattr(module, "checkpoint_filter_fn", None)
+    if not type(model).__module__.startswith("visionattn.") or filter_fn is None or str(checkpoint_path).lower().endswith((".npz", ".npy")):
+        return _timm_load_checkpoint(model, checkpoint_path, *args, **kwargs)
+    from ._hub import check_finite, read_checkpoint
+
+    label = str(checkpoint_path)
+    sd = filter_fn(read_checkpoint(checkpoint_path), model)
+    check_finite(sd, label)
+    own = model.state_dict()
+    heads = sorted(
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)
+    )
+    missing = sorted(k for k in own if k not in sd)
+    if heads or missing:
+        hint = ""
+        fc = sd.get("head.fc.weight")
+        if fc is not None and "head.fc.weight" in own and fc.shape[0] != own["head.fc.weight"].shape[0]:
+            hint = f"\n  the checkpoint's classifier has {fc.shape[0]} classes: pass num_classes={fc.shape[0]}"
+        raise CheckpointKeyError(
+            f"{label} does not match {type(model).__name__}:"
+            + (f"\n  shape mismatches: {', '.join(heads)}" if heads else "")
+            + (f"\n  model keys missing from the checkpoint: {', '.join(missing[:12])}" if missing else "")
+            + hint
+        )
+    return model.load_state_dict(sd, strict=True)
+
+
+def _install_checkpoint_path_hook() -> None:
+    from timm.models import _factory
+
+    if getattr(_factory.load_checkpoint, "__wrapped_by_visionattn__", False):
+        return
+    global _timm_load_checkpoint
+    _timm_load_checkpoint = _factory.load_checkpoint
+    load_checkpoint.__wrapped_by_visionattn__ = True
+    _factory.load_checkpoint = load_checkpoint
+
+
+_timm_load_checkpoint = None
+_install_checkpoint_path_hook()
 
 
 class CheckpointKeyError(KeyError):

@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 import torch
 
 from ..models import _manifest
-from ..models._hub import CheckpointFileError, read_checkpoint, sha256_file
+from ..models._hub import CheckpointFileError, check_finite, read_checkpoint, set_default_mode, sha256_file
 from visionattn.engine.cli import UsageError, run_cli
 
 __all__ = ["build_parser", "main", "cli", "convert", "ConversionError", "model_card"]
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Convert an official checkpoint to a verified Hub folder (safetensors + config.json + model card).")
     p.add_argument("source", type=Path, help="official checkpoint file (.pth, .pth.tar, .bin, .safetensors)")
     p.add_argument("--model", required=True, help="manifest entry, <arch>.<tag> (e.g. dinat_tiny.in1k)")
-    p.add_argument("--output", type=Path, help="folder to write (default: hub/<arch>.<tag>)")
+    p.add_argument("--output", type=Path, help="folder to write (default: hub/<arch>.<tag>, a run's own tag for a run)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--manifest", type=Path, help="manifest file (default: the packaged visionattn/models/pretrained.yaml)")
     p.add_argument("--update-manifest", action="store_true", help="record the sha256 (and --top1/--top5) in the manifest entry")
@@ -68,7 +68,91 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-size", type=int, help="image side for the logit checks (default: the tag's input size)")
     p.add_argument("--no-reference", action="store_true", help="skip the check against the reference implementation")
     p.add_argument("--model-kwargs", type=json.loads, default=None, help="JSON dict of extra constructor kwargs (tests shrink models)")
+    p.add_argument("--tag", help="tag of your own run's weights (default: the run folder's name); never an official tag")
+    p.add_argument("--repo-id", help="your own run: the Hub repo named in its card (default: <your-name>/<arch>.<tag>)")
     return p
+
+
+# ------------------------------------------------------------------------------------------------
+# A user's own training run (visionattn's trainer), as opposed to an official release
+
+
+def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except ValueError:
+        return None
+
+
+def user_run(source: Path, ckpt: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """What is known about ``source`` when it comes from a user's own training run, else None.
+
+    A run is recognised by the trainer's checkpoint (``args`` recorded beside ``model``, with
+    ``arch`` / ``version``) or by the files the trainer writes beside its weights
+    (``summary.json``, ``config.json`` with ``model_args``). Returns ``{'folder', 'args',
+    'summary', 'config'}`` (missing parts None): the data, classes, image size and metrics of the
+    card come from them; official releases carry none of these.
+    """
+    source = Path(source)
+    folder = source.parent
+    summary = _read_json(folder / "summary.json")
+    config = _read_json(folder / "config.json")
+    args = ckpt.get("args") if isinstance(ckpt.get("args"), Mapping) else None
+    ours = args is not None and isinstance(ckpt.get("model"), Mapping) and ("arch" in ckpt or "version" in ckpt)
+    if not (ours or summary is not None or (config is not None and "model_args" in config and source.suffix == ".safetensors")):
+        return None
+    return dict(folder=folder, args=dict(args) if args else None, summary=summary, config=config)
+
+
+def _run_tag(run: Mapping[str, Any], tag: Optional[str]) -> str:
+    import re
+
+    raw = tag or Path(run["folder"]).resolve().name or "run"
+    out = re.sub(r"[^a-z0-9_]+", "_", raw.lower()).strip("_") or "run"
+    return out
+
+
+def run_card(name: str, run: Mapping[str, Any], model, params: int, sha256: str, repo_id: str, roundtrip: float) -> str:
+    """The ``README.md`` of a user's run: what it is (data, classes, input, metrics of its
+    ``summary.json``), never a claim about official weights."""
+    arch, _, tag = name.partition(".")
+    summary = run.get("summary") or {}
+    args = run.get("args") or summary.get("args") or {}
+    cfg = model.pretrained_cfg
+    final, best = summary.get("final") or {}, summary.get("best") or {}
+    labels = (run.get("config") or {}).get("label_names")
+    size = cfg.get("input_size", (3, 224, 224))
+    start = args.get("pretrained")
+    init = (f"the pretrained weights of `{args.get('model') or arch}`" if start is True else
+            f"`{start}`" if start else f"`{args['initial_checkpoint']}`" if args.get("initial_checkpoint") else
+            "random initialisation" if start is False else "not recorded")
+
+    def fmt(v, unit=""):
+        return "–" if v is None else f"{v}{unit}"
+
+    lines = [
+        "---", "tags:", "- image-classification", "- timm", "- visionattn", "library_name: timm", "---",
+        f"# {name}", "",
+        f"`{arch}` (visionattn) trained by its user with `visionattn.tools.train` (tag `{tag}`). These are not the "
+        "authors' weights and no published result applies to them.", "",
+        "## Model details", "",
+        f"- **Architecture:** `{type(model).__name__}` (`{arch}`)",
+        f"- **Params (M):** {params / 1e6:.2f}",
+        f"- **Data:** {summary.get('data') or args.get('data_dir') or args.get('dataset') or 'not recorded'}",
+        f"- **Classes:** {model.num_classes}" + (f" ({', '.join(map(str, labels[:20]))}{', ...' if len(labels) > 20 else ''})" if labels else ""),
+        f"- **Input size:** {size[-2]}x{size[-1]} (crop_pct {cfg.get('crop_pct')}, {cfg.get('interpolation')})",
+        f"- **Initialised from:** {init}",
+        f"- **Epochs:** {fmt(summary.get('epochs'))}, training samples {fmt(summary.get('train_samples'))}",
+        f"- **model.safetensors sha256:** `{sha256}`", "",
+        "## Metrics (held-out split of the run, from its summary.json)", "",
+        "| | top-1 (%) | top-5 (%) | samples |", "|---|---|---|---|",
+        f"| final | {fmt(final.get('top1'))} | {fmt(final.get('top5'))} | {fmt(summary.get('held_out_samples'))} |",
+        f"| best epoch {fmt(best.get('epoch'))} | {fmt(best.get('top1'))} | {fmt(best.get('top5'))} | |", "",
+        f"Reload round trip (`local-dir:`), max abs logit difference: {roundtrip}", "",
+        "## Usage", "", "```python", "import timm", "import visionattn  # registers the architectures with timm", "",
+        f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()', "```", "",
+    ]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -194,7 +278,11 @@ def model_card(name: str, entry: Mapping[str, Any], model, params: int, sha256: 
         "",
         f"{cfg.get('paper_name', arch)} ({cfg.get('paper_ids', '')}): `{arch}` from "
         "visionattn, weights converted from the official release "
-        f"(tag `{tag or 'none'}`) with `visionattn-convert` and verified.",
+        f"(tag `{tag or 'none'}`) with `visionattn-convert`"
+        + (", verified against an independent implementation of the official layout."
+           if verification.get("reference_max_rel_err") is not None else
+           "; checked by strict key/shape accounting and a reload round trip only (no reference comparison).")
+        ,
         "",
         "## Model details",
         "",
@@ -255,7 +343,7 @@ def _logits(model, x):
 def convert(
     source: Path,
     name: str,
-    output: Path,
+    output: Optional[Path] = None,
     overwrite: bool = False,
     manifest: Optional[Path] = None,
     prefer_ema: Optional[bool] = None,
@@ -263,19 +351,33 @@ def convert(
     reference: bool = True,
     model_kwargs: Optional[Dict[str, Any]] = None,
     log: Callable[[str], None] = print,
+    tag: Optional[str] = None,
+    repo_id: Optional[str] = None,
+    official_only: bool = False,
 ) -> Dict[str, Any]:
     """Convert ``source`` for manifest entry ``name`` into ``output`` (see the module docstring).
 
     Returns a dict: ``model``, ``output``, ``sha256``, ``params``, ``files`` (name -> bytes),
-    ``reference``, ``reference_max_rel_err``, ``roundtrip_max_abs``, ``wrapping_key_found``.
+    ``reference``, ``reference_max_rel_err``, ``roundtrip_max_abs``, ``wrapping_key_found``,
+    ``origin`` (``official`` or ``run``).
+
+    A user's own run (:func:`user_run`) is converted under its own tag (``tag``, default the run
+    folder's name) with a card describing the run (:func:`run_card`); ``name`` then only chooses
+    the architecture. Its ``config.json`` records ``visionattn.origin = "run"``, an official
+    conversion ``"official"``: ``visionattn-push`` sends only the latter to our repos.
+    ``official_only`` (``--update-manifest``) refuses a run before anything is written.
 
     Raises:
         UsageError: unknown entry, output exists without ``overwrite``.
         FileNotFoundError, CheckpointFileError, UnsafeCheckpointError: unreadable source.
-        CheckpointKeyError: the file does not match the architecture (keys listed).
+        CheckpointKeyError: the file does not match the architecture (keys listed; a classifier
+            of another class count names the ``--model-kwargs`` to pass).
+        CheckpointFileError: the weights hold NaN/Inf.
         ConversionError: logits disagree with the reference or after reloading.
     """
     import timm
+
+    from ..models._registry import CheckpointKeyError
 
     data = _manifest.load_manifest(manifest)
     try:
@@ -284,13 +386,24 @@ def convert(
         raise UsageError(str(e)) from None
     if "." not in name and name not in data["entries"]:
         name = next(k for k in data["entries"] if k.split(".", 1)[0] == name)
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise UsageError(f"output folder {output} exists; pass --overwrite to replace it")
     arch = name.split(".", 1)[0]
 
     ckpt = read_checkpoint(source)
-    wrap = entry.get("wrapping_key")
+    run = user_run(Path(source), ckpt)
+    if run is not None:
+        name = f"{arch}.{_run_tag(run, tag)}"
+        if name in data["entries"]:
+            raise UsageError(f"{name} is an official tag; give your run's weights their own --tag")
+        if official_only:
+            raise UsageError(f"{source} is your own training run, not an official release: the manifest records only "
+                             "official weights (drop --update-manifest)")
+        log(f"{source} is a user's training run, not an official release: converting it as {name}")
+    elif tag is not None:
+        raise UsageError("--tag names a user's run; official releases keep their manifest tag")
+    output = Path(output) if output is not None else Path("hub") / name
+    if output.exists() and not overwrite:
+        raise UsageError(f"output folder {output} exists; pass --overwrite to replace it")
+    wrap = entry.get("wrapping_key") if run is None else None
     found = None
     if wrap:
         found = wrap in ckpt and isinstance(ckpt[wrap], Mapping)
@@ -301,13 +414,33 @@ def convert(
     kwargs = dict(model_kwargs or {})
     if prefer_ema is not None and entry["family"] in ("cswin", "agent"):
         kwargs["prefer_ema"] = prefer_ema
-    model = timm.create_model(name, pretrained=False, **kwargs).eval()
+    model = timm.create_model(arch if run is not None else name, pretrained=False, **kwargs).eval()
     module = sys.modules[type(model).__module__]
     sd = module.checkpoint_filter_fn(ckpt, model)
     missing_head = [k for k in ("head.fc.weight", "head.fc.bias") if k in model.state_dict() and k not in sd]
     if missing_head:
         raise CheckpointFileError(f"{source} has no classifier ({missing_head}); a Hub checkpoint must carry the tag's head")
+    own = model.state_dict()
+    heads = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in ("head.fc.weight", "head.fc.bias") if k in sd and k in own and sd[k].shape != own[k].shape]
+    if heads:
+        n = int(sd["head.fc.weight"].shape[0]) if "head.fc.weight" in sd else None
+        raise CheckpointKeyError(
+            f"{source} does not match {type(model).__name__} built for {name}: the classifier differs ({'; '.join(heads)}). "
+            + (f"Pass --model-kwargs '{json.dumps({**(model_kwargs or {}), 'num_classes': n})}' (and any other constructor "
+               "arguments the run used)." if n else "")
+        )
+    check_finite(sd, str(source))
     model.load_state_dict(sd, strict=True)
+    data_config = None
+    if run is not None:  # the run's own preprocessing and tag; no official source fields
+        run_data = (run.get("summary") or {}).get("data_config") or ((run.get("config") or {}).get("pretrained_cfg"))
+        if run_data:
+            data_config = {k: (tuple(v) if isinstance(v, list) else v) for k, v in run_data.items()
+                           if k in ("input_size", "interpolation", "mean", "std", "crop_pct")}
+        resized = data_config and tuple(data_config.get("input_size", ())) != tuple(model.pretrained_cfg.get("input_size", ()))
+        model.pretrained_cfg = {**model.pretrained_cfg, **(data_config or {}), "tag": name.split(".", 1)[1], "url": "", "hf_hub_id": None,
+                                **({"pool_size": None} if resized else {})}
     params = sum(p.numel() for p in model.parameters())
 
     side = verify_size or model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
@@ -321,7 +454,9 @@ def convert(
     raw_sd = None
     ref_desc = "skipped (--no-reference)"
     ref_err = None
-    if reference:
+    if reference and run is not None:
+        ref_desc = "not applicable: a user's training run (no official file to compare against)"
+    elif reference:
         from ..models._registry import unwrap_state_dict
 
         key = getattr(model, "pretrained_state_key", None)
@@ -338,15 +473,29 @@ def convert(
     tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
     tmp.chmod(0o755)
     try:
-        timm.models.save_for_hf(model, tmp, model_args=kwargs or None, safe_serialization=True)
+        record: Dict[str, Any] = {"origin": "run" if run is not None else "official", "name": name}
+        model_config: Dict[str, Any] = {"visionattn": record}
+        if run is not None:
+            model_config["pretrained_cfg"] = {"tag": name.split(".", 1)[1]}
+            labels = (run.get("config") or {}).get("label_names")
+            if labels and len(labels) == model.num_classes:
+                model_config["label_names"] = list(labels)
+        else:
+            record["source_sha256"] = sha256_file(source)
+        timm.models.save_for_hf(model, tmp, model_config=model_config, model_args=kwargs or None, safe_serialization=True,
+                                data_config=data_config)
+        set_default_mode(tmp / "model.safetensors")  # safetensors writes 0600
         sha = sha256_file(tmp / "model.safetensors")
         back = timm.create_model("local-dir:" + str(tmp), pretrained=True).eval()
         rt = float((_logits(back, x) - got).abs().max())
         if rt != 0.0:
             raise ConversionError(f"{name}: the written folder reloads to different logits (max abs {rt:.3g})")
         result.update(sha256=sha, roundtrip_max_abs=rt)
-        entry_for_card = dict(entry)
-        (tmp / "README.md").write_text(model_card(name, entry_for_card, model, params, sha, result), encoding="utf-8")
+        if run is not None:
+            card = run_card(name, run, model, params, sha, repo_id or f"<your-name>/{name}", rt)
+        else:
+            card = model_card(name, dict(entry), model, params, sha, result)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
         if output.exists():
             old = output.with_name(f".{output.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -358,6 +507,8 @@ def convert(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result["files"] = {p.name: p.stat().st_size for p in sorted(output.iterdir())}
+    result["origin"] = "run" if run is not None else "official"
+    result["model"] = name
     return result
 
 
@@ -366,17 +517,21 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = build_parser().parse_args(argv)
     if (args.top1 is not None or args.top5 is not None) and not args.update_manifest:
         raise UsageError("--top1/--top5 are recorded in the manifest: add --update-manifest")
-    output = args.output or Path("hub") / args.model
+    if args.repo_id and "/" not in args.repo_id:
+        raise UsageError(f"--repo-id must be <owner>/<name>; got {args.repo_id!r}")
     result = convert(
         args.source,
         args.model,
-        output,
+        args.output,
         overwrite=args.overwrite,
         manifest=args.manifest,
         prefer_ema=False if args.no_ema else None,
         verify_size=args.verify_size,
         reference=not args.no_reference,
         model_kwargs=args.model_kwargs,
+        tag=args.tag,
+        repo_id=args.repo_id,
+        official_only=args.update_manifest,
     )
     print(f"{result['model']}: wrote {result['output']} ({', '.join(f'{k} {v} B' for k, v in result['files'].items())})")
     print(f"reference: {result['reference']}" + (f"; max relative logit error {result['reference_max_rel_err']:.3g}"

@@ -12,6 +12,12 @@ Each folder holds ``model.safetensors``, ``config.json`` and ``README.md``. The 
   (``model.safetensors`` compared by its LFS sha256, small files by their git blob id) the folder is
   skipped; otherwise ``HfApi.create_repo(exist_ok=True)`` then ``HfApi.upload_folder``.
 * The token comes from the environment (``HF_TOKEN``), never from the command line.
+* Only ``model.safetensors``, ``config.json`` and ``README.md`` are uploaded, whatever else the
+  folder holds (a training run's ``last.pth.tar``, ``summary.json``, logs).
+* A folder is official only when ``visionattn-convert`` wrote it from an official release
+  (``config.json`` records ``visionattn.origin = "official"``): only those go to the manifest's
+  ``hub_id``. Anything else (a user's run, whatever tag its ``config.json`` carries) needs
+  ``--repo-id`` naming the user's own repo, and may never target an official repo.
 
 After a push, record the published checksum in the manifest (``visionattn-convert
 --update-manifest`` already did if it was run with it), so the tag's cfg gains ``hf_hub_id``.
@@ -38,6 +44,9 @@ from visionattn.engine.cli import UsageError, run_cli
 __all__ = ["build_parser", "main", "cli", "plan_upload", "git_blob_id"]
 
 REQUIRED_FILES = ("model.safetensors", "config.json")
+#: The only files ever uploaded: weights, config and model card (a run folder also holds the
+#: training checkpoint with optimizer state, logs and a summary with local paths: never pushed).
+UPLOAD_FILES = ("model.safetensors", "config.json", "README.md")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,8 +71,9 @@ def plan_upload(folder: Path, repo_id: Optional[str], manifest: Optional[Path] =
     """Describe the upload of one folder: ``{'folder', 'name', 'repo_id', 'files': [{'path', 'size', 'sha256'}]}``.
 
     Raises:
-        UsageError: missing files, unreadable config.json, no manifest entry / hub id, or a
-            target outside the ``visionattn`` org without an explicit ``repo_id``.
+        UsageError: missing files, unreadable config.json, no manifest entry / hub id, a
+            target outside the ``visionattn`` org without an explicit ``repo_id``, or a folder
+            that is not an official conversion without ``repo_id`` / with an official one.
     """
     folder = Path(folder)
     missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
@@ -76,6 +86,19 @@ def plan_upload(folder: Path, repo_id: Optional[str], manifest: Optional[Path] =
     arch = config.get("architecture")
     tag = (config.get("pretrained_cfg") or {}).get("tag")
     name = f"{arch}.{tag}" if tag else str(arch)
+    record = config.get("visionattn") if isinstance(config.get("visionattn"), dict) else {}
+    official = record.get("origin") == "official"
+    if not official:
+        data = _manifest.load_manifest(manifest)
+        ours = {e.get("hub_id") for e in data["entries"].values() if e.get("hub_id")}
+        what = ("your own run (config.json records no official visionattn-convert conversion"
+                + (f"; its tag {tag!r} is only the tag of the cfg it started from" if name in data["entries"] else "") + ")")
+        if repo_id is None:
+            raise UsageError(f"{folder} is {what}: pass --repo-id <your-name>/{arch}.<your-tag> (convert it first with "
+                             f"visionattn-convert {folder}/model.safetensors --model {arch} --tag <your-tag> for a model card)")
+        if repo_id in ours or repo_id.startswith(_manifest.HUB_ORG + "/"):
+            raise UsageError(f"{folder} is {what}; {repo_id} is an official repo, which only takes visionattn-convert "
+                             "output of the official release: pass your own --repo-id")
     if repo_id is None:
         data = _manifest.load_manifest(manifest)
         try:
@@ -88,11 +111,12 @@ def plan_upload(folder: Path, repo_id: Optional[str], manifest: Optional[Path] =
         if not repo_id.startswith(_manifest.HUB_ORG + "/"):
             raise UsageError(f"{folder}: the manifest's hub_id {repo_id} is not in the {_manifest.HUB_ORG} org; pass --repo-id to push elsewhere")
     files = [
-        dict(path=p.name, size=p.stat().st_size, sha256=sha256_file(p))
-        for p in sorted(folder.iterdir())
-        if p.is_file() and not p.name.startswith(".")
+        dict(path=n, size=(folder / n).stat().st_size, sha256=sha256_file(folder / n))
+        for n in UPLOAD_FILES
+        if (folder / n).is_file()
     ]
-    return dict(folder=str(folder), name=name, repo_id=repo_id, files=files)
+    left = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p.name not in UPLOAD_FILES)
+    return dict(folder=str(folder), name=name, repo_id=repo_id, files=files, official=official, not_uploaded=left)
 
 
 def _remote_matches(api, plan: Dict[str, Any], revision: Optional[str], token: Optional[str]) -> bool:
@@ -140,6 +164,8 @@ def main(argv: Optional[Sequence[str]] = None, api=None) -> Dict[str, Any]:
             print(f"[dry-run] {plan['folder']} -> https://huggingface.co/{plan['repo_id']}" + (f"@{args.revision}" if args.revision else ""))
             for f in plan["files"]:
                 print(f"    {f['path']:<20} {f['size']:>12} B  sha256 {f['sha256']}")
+            if plan["not_uploaded"]:
+                print(f"    not uploaded: {', '.join(plan['not_uploaded'])}")
             out.append(dict(plan, action="dry-run", commit_url=None))
         return dict(uploads=out)
     token = os.environ.get("HF_TOKEN")
@@ -163,7 +189,7 @@ def main(argv: Optional[Sequence[str]] = None, api=None) -> Dict[str, Any]:
             revision=args.revision,
             token=token,
             commit_message=args.commit_message or f"Add {plan['name']} weights (model.safetensors sha256 {sha[:12]})",
-            ignore_patterns=[".*"],
+            allow_patterns=[f["path"] for f in plan["files"]],
         )
         url = getattr(info, "commit_url", None) or str(info)
         print(f"{plan['repo_id']}: uploaded ({url})")

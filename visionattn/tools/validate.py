@@ -45,7 +45,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
-from safetensors.torch import load_file
 from timm.data import resolve_data_config
 from tqdm import tqdm
 
@@ -59,6 +58,7 @@ from visionattn.engine.distributed import resolve_device
 from visionattn.engine.evaluation import evaluate, precision_name, resolve_amp
 from visionattn.engine.files import atomic_write_text, jsonable
 from visionattn.engine.console import show_progress, unknown_model_message
+from visionattn.models._hub import read_checkpoint as read_weights_file
 
 DEFAULT_BATCH_SIZE = 128
 #: Columns of the CSV results and of the printed table.
@@ -131,7 +131,7 @@ def read_checkpoint(path: Path, use_ema: bool = False) -> Tuple[Dict[str, torch.
         raise UsageError(f"checkpoint {path} does not exist")
     meta: Dict[str, Any] = {}
     if path.suffix == ".safetensors":
-        state_dict = load_file(str(path))
+        state_dict = dict(read_weights_file(path))  # errors name the file (truncated, corrupted)
         config_path = path.with_name("config.json")
         if config_path.is_file():
             cfg = json.loads(config_path.read_text())
@@ -146,7 +146,7 @@ def read_checkpoint(path: Path, use_ema: bool = False) -> Tuple[Dict[str, torch.
                 meta["class_to_idx"] = ({str(n): i for i, n in enumerate(names)} if isinstance(names, list)
                                         else {str(n): int(i) for i, n in names.items()})
         return state_dict, meta
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_weights_file(path)
     if use_ema:
         ema = next((ckpt[k] for k in ("model_ema", "state_dict_ema")
                     if isinstance(ckpt, dict) and isinstance(ckpt.get(k), dict)), None)
@@ -396,8 +396,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry: run :func:`main`, print user errors without a traceback."""
-    return run_cli(main, argv)
+    """Command-line entry: run :func:`main`, print user and checkpoint-file errors without a traceback."""
+    from visionattn.models._hub import CheckpointFileError
+    from visionattn.models._registry import CheckpointKeyError
+
+    return run_cli(main, argv, errors=(UsageError, CheckpointFileError, CheckpointKeyError))
 
 
 if __name__ == "__main__":
