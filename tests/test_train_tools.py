@@ -437,7 +437,7 @@ def test_validate_says_which_precision_each_run_used(short_demo_run, tmp_path, c
     torch.save(bf16, tmp_path / "bf16.pth.tar")
     res = validate_tool.main(["--checkpoint", str(tmp_path / "bf16.pth.tar"), "--no-progress"])
     assert (res["precision"], res["train_precision"]) == ("float32", "bfloat16 autocast")
-    assert "the training run evaluated in bfloat16 autocast" in capsys.readouterr().err
+    assert "the training run evaluated in bfloat16 autocast" in capsys.readouterr().err.replace("\n", " ")
     res = validate_tool.main(["--checkpoint", str(tmp_path / "bf16.pth.tar"), "--no-progress", "--amp"])
     assert res["precision"] == "bfloat16 autocast" and "note:" not in capsys.readouterr().err
 
@@ -446,6 +446,12 @@ def test_validate_says_which_precision_each_run_used(short_demo_run, tmp_path, c
     torch.save(old, tmp_path / "old.pth.tar")
     assert validate_tool.main(["--checkpoint", str(tmp_path / "old.pth.tar"),
                                "--no-progress"])["train_precision"] == "bfloat16 autocast"
+    old["args"] = dict(old["args"], amp_dtype="auto")  # the dtype depended on the training device
+    torch.save(old, tmp_path / "old.pth.tar")
+    capsys.readouterr()
+    res = validate_tool.main(["--checkpoint", str(tmp_path / "old.pth.tar"), "--no-progress", "--amp"])
+    assert res["train_precision"] == "bfloat16 or float16 autocast (--amp-dtype auto)"
+    assert "note:" not in capsys.readouterr().err
 
 
 def test_validate_bad_data_fail_or_skip(short_demo_run, tmp_path, capsys):

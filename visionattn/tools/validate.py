@@ -120,8 +120,8 @@ def read_checkpoint(path: Path, use_ema: bool = False) -> Tuple[Dict[str, torch.
 
     Returns ``(state_dict, meta)``; ``meta`` may hold ``model``, ``model_kwargs``,
     ``num_classes``, ``data_config``, ``class_to_idx``, ``eval_precision`` and ``train_args``
-    (whatever the file records). ``.safetensors`` files are read with safetensors (metadata from a ``config.json``
-    beside them); anything else with ``torch.load(weights_only=True)``, taking the ``model``
+    (whatever the file records). ``.safetensors`` files are read with safetensors (metadata
+    from a ``config.json`` beside them); anything else with ``torch.load(weights_only=True)``, taking the ``model``
     or ``state_dict`` entry (``model_ema`` / ``state_dict_ema`` with ``use_ema``), or the whole file
     if it is a plain state dict.
     Raises :class:`UsageError` if the file is missing or holds no state dict.
@@ -304,11 +304,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     autocast_dtype, _ = resolve_amp(device, args.amp, args.amp_dtype)
     progress = show_progress(False if args.no_progress else None)
     train_precision = meta.get("eval_precision") or _recorded_precision(train_args)
-    if train_precision and train_precision != precision_name(autocast_dtype):
-        print(f"note: this evaluation runs in {precision_name(autocast_dtype)}, the training run evaluated in "
-              f"{train_precision}: the accuracies can differ in the last digits"
-              + ("; pass --amp to match" if "autocast" in train_precision else "; drop --amp to match"),
-              file=sys.stderr)
+    mine = precision_name(autocast_dtype)
+    if train_precision and train_precision != mine and not ("auto)" in train_precision and autocast_dtype):
+        hint = ("drop --amp" if train_precision == "float32" else "pass --amp" if autocast_dtype is None
+                else f"pass --amp-dtype {train_precision.split()[0]}")
+        print(f"note: this evaluation runs in {mine}, the training run evaluated in {train_precision}: the "
+              f"accuracies can differ in the last digits; {hint} to match", file=sys.stderr)
 
     class_to_idx = meta.get("class_to_idx")
     num_classes = args.num_classes or meta.get("num_classes")
