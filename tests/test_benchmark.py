@@ -260,3 +260,14 @@ def test_cpu_run_prints_no_kineto_gpu_error(tmp_path):
 def test_cli_reports_bad_model(capsys):
     assert bm.cli(["--model", "no_such_model", "--bench", "flops"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_unwritable_output_fails_before_any_model_runs(tmp_path, monkeypatch):
+    """#19.6: --output to a place that cannot be written stops before the (long) measurement."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    ran = []
+    monkeypatch.setattr(bm, "_run", lambda *a, **k: ran.append(1))
+    with pytest.raises(ValueError, match="--output"):
+        bm.main(["--model", "dinat_mini", "--output", str(blocker / "sub" / "bench")])
+    assert not ran

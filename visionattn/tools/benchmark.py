@@ -5,7 +5,7 @@ For every selected model and every ``--img-size`` x ``--batch-size`` it reports
 
 * ``params_m``: parameters (millions, with the classifier head),
 * ``gmacs``: multiply-accumulates of one image (10^9), counted with fvcore **including
-  attention** (:mod:`visionattn.tools.flops`: handles for fused SDPA and neighborhood attention;
+  attention** (:mod:`visionattn.engine.flops`: handles for fused SDPA and neighborhood attention;
   ``uncounted`` lists what fvcore skipped, all element-wise/softmax-like when the count is
   complete), and ``gmacs_paper``, the figure the paper / official README reports where known,
 * ``infer_img_s`` / ``infer_ms``: forward throughput (``torch.no_grad``, eval mode),
@@ -69,7 +69,7 @@ import torch.nn.functional as F
 import timm
 
 from visionattn.engine.flops import count_gmacs, unexpected_uncounted
-from visionattn.engine.cli import run_cli
+from visionattn.engine.cli import check_output_file, run_cli
 
 __all__ = [
     "PAPER_GMACS",
@@ -620,6 +620,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             that timm implements, non-positive batch/img sizes or an unavailable device.
     """
     args = build_parser().parse_args(argv)
+    if args.output:  # before any model runs: a long benchmark must not die at write time
+        for path in output_paths(args.output, compare=args.compare_timm).values():
+            check_output_file(path, "--output")
     import visionattn  # noqa: F401  registers the zoo's models with timm
 
     patterns = list(args.model or [])
@@ -674,7 +677,7 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]], patterns: List
             "versions": f"python {info['python']}, torch {info['torch']}, timm {info['timm']}, fvcore {info.get('fvcore', '?')}",
             "settings": f"device {device}, precision {args.precision}, channels_last {args.channels_last}, "
             f"torchcompile {args.torchcompile or 'off'}, warm-up {args.num_warm_iter}, timed iterations {args.num_bench_iter} (median)",
-            "GMACs": "fvcore MACs per image with handles for SDPA and neighborhood attention (visionattn.tools.flops)",
+            "GMACs": "fvcore MACs per image with handles for SDPA and neighborhood attention (visionattn.engine.flops)",
         }
         cols = [c for c in ("model", "family", "img_size", "batch_size", "params_m", "gmacs", "gmacs_paper", "gmacs_diff_pct",
                             "infer_img_s", "infer_ms", "infer_peak_mb", "train_img_s", "train_ms", "train_peak_mb")

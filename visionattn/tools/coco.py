@@ -56,7 +56,7 @@ from visionattn.engine.checkpoint import get_rng_state, set_rng_state
 from visionattn.engine.cli import RESUME_HINT, UsageError, run_cli
 from visionattn.engine.config import parse_model_kwargs
 from visionattn.engine.evaluation import resolve_amp
-from visionattn.engine.files import atomic_write, atomic_write_text
+from visionattn.engine.files import atomic_write, atomic_write_text, jsonable
 from visionattn.engine.console import default_workers, show_progress
 
 CHECKPOINT_NAME = "last.pth.tar"
@@ -297,16 +297,6 @@ def _write_eval(out: Path, name: str, res: Dict[str, Any], extra: Dict[str, Any]
     return payload
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def _write_log_csv(path: Path, history: List[Dict[str, Any]]) -> None:
     keys: List[str] = []
     for row in history:
@@ -435,7 +425,7 @@ def train(args, ckpt: Optional[Dict[str, Any]], info: Dict[str, Any]) -> Dict[st
         log_file.write(json.dumps(rec) + "\n")
         log_file.flush()
 
-    args_dict = _jsonable({k: v for k, v in vars(args).items() if k in DEFAULTS})
+    args_dict = jsonable({k: v for k, v in vars(args).items() if k in DEFAULTS})
     mapping = {"label_to_cat_id": {str(k): v for k, v in train_ds.label_to_cat_id.items()},
                "class_names": train_ds.class_names}
     last_eval: Dict[str, Any] = {}
@@ -485,7 +475,7 @@ def train(args, ckpt: Optional[Dict[str, Any]], info: Dict[str, Any]) -> Dict[st
     if is_main():
         if last_eval:
             atomic_write_text(out / "eval.json", json.dumps(last_eval, indent=2) + "\n")
-        atomic_write_text(out / "summary.json", json.dumps(_jsonable(summary), indent=2) + "\n")
+        atomic_write_text(out / "summary.json", json.dumps(jsonable(summary), indent=2) + "\n")
     return summary
 
 
