@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import visionattn
-from visionattn.models import _manifest
+from visionattn.models import _hub, _manifest
 from visionattn.models import agent as agent_mod
 from visionattn.models import biformer as biformer_mod
 from visionattn.models import cswin as cswin_mod
@@ -734,11 +734,16 @@ def test_share_link_urls_download_under_an_explicit_file_name(agent_official, se
     torch.testing.assert_close(_logits(model, x), _logits(plain, x), rtol=0, atol=0)
     cached = sorted(p.name for p in hub_dir.iterdir())
     assert len(cached) == 1 and cached[0].startswith("agent_pvt_tiny.in1k-") and cached[0].endswith(".pth")
+    cached = cached[0]
+    # timm's (url, file_name) form of a cfg url names the cached file
+    timm.create_model("agent_pvt_tiny", pretrained=True, pretrained_cfg_overlay=dict(url=(url, "mine.pth")), **AGENT_KW)
+    assert (hub_dir / "mine.pth").is_file()
     # every URL the manifest records has its own explicit, unique cache name
     names = [s["file_name"] for e in _manifest.manifest_entries().values() for s in e["sources"] if "url" in s]
     assert names and all(names) and len(names) == len(set(names))
     official = _manifest.get_entry("agent_pvt_tiny.in1k")["sources"][0]
     assert official["url"].endswith("/?dl=1") and official["file_name"].startswith("agent_pvt_tiny.in1k-") and official["kind"] == "official"
+    assert cached == _hub.source_file_name(url, "agent_pvt_tiny.in1k")
 
 
 def test_every_path_reads_one_file_the_same_way(agent_official, served, hub_dir, offline_cache, tmp_path):

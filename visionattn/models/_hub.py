@@ -346,7 +346,10 @@ def pretrained_sources(cfg: Mapping[str, Any], manifest: Optional[Mapping] = Non
     ``source='hf-hub'`` (``hf-hub:`` model names) or ``file``. Otherwise: the cfg's ``hf_hub_id``
     (carrying the manifest's sha256 when it is our published repo), then, when the cfg's ``url``
     is the manifest entry's own, every source the entry records (official URL, Hugging Face
-    copies, mirrors), else the cfg's ``url`` alone.
+    copies, mirrors, each URL with its explicit ``file_name``), else the cfg's ``url`` alone:
+    cached under the name of timm's ``(url, file_name)`` form when given, else
+    :func:`source_file_name`. (The generated cfgs keep ``url`` a plain string, as timm's own
+    consumers and the family tests expect; the file names live in the manifest.)
     """
     if cfg.get("state_dict"):
         return [dict(state_dict=cfg["state_dict"])]
@@ -370,12 +373,14 @@ def pretrained_sources(cfg: Mapping[str, Any], manifest: Optional[Mapping] = Non
         if entry and entry.get("hub_id") == cfg["hf_hub_id"] and entry["converted"].get("sha256"):
             hub.update(hf_hub_filename="model.safetensors", sha256=entry["converted"]["sha256"], kind="published")
         out.append(hub)
-    url = cfg.get("url") or ""
-    if entry is not None and url == (entry.get("download_url") or ""):
+    url, file_name = cfg.get("url") or "", None
+    if isinstance(url, (list, tuple)):  # timm's (url, file_name) form of a cfg url
+        url, file_name = url
+    if entry is not None and url == (entry.get("download_url") or "") and not file_name:
         for s in entry.get("sources") or ():
             out.append(dict(s))
     elif url:
-        out.append(dict(url=url, file_name=source_file_name(url, name), kind="url"))
+        out.append(dict(url=url, file_name=file_name or source_file_name(url, name), kind="url"))
     seen, unique = set(), []
     for s in out:
         key = (s.get("url"), s.get("hf_hub_id"), s.get("hf_hub_filename"))

@@ -175,6 +175,8 @@ def load_checkpoint(model: torch.nn.Module, checkpoint_path, *args, **kwargs):
 def _install_checkpoint_path_hook() -> None:
     from timm.models import _factory
 
+    if not callable(getattr(_factory, "load_checkpoint", None)):  # another timm layout: leave checkpoint_path= to timm
+        return
     if getattr(_factory.load_checkpoint, "__wrapped_by_visionattn__", False):
         return
     global _timm_load_checkpoint

@@ -88,8 +88,9 @@ def user_run(source: Path, ckpt: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     """What is known about ``source`` when it comes from a user's own training run, else None.
 
     A run is recognised by the trainer's checkpoint (``args`` recorded beside ``model``, with
-    ``arch`` / ``version``) or by the files the trainer writes beside its weights
-    (``summary.json``, ``config.json`` with ``model_args``). Returns ``{'folder', 'args',
+    ``arch`` / ``version``) or by the ``summary.json`` the trainer writes beside its weights (a
+    folder this tool converted from an official release records ``visionattn.origin:
+    official`` in its ``config.json`` and is not a run). Returns ``{'folder', 'args',
     'summary', 'config'}`` (missing parts None): the data, classes, image size and metrics of the
     card come from them; official releases carry none of these.
     """
@@ -99,7 +100,8 @@ def user_run(source: Path, ckpt: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     config = _read_json(folder / "config.json")
     args = ckpt.get("args") if isinstance(ckpt.get("args"), Mapping) else None
     ours = args is not None and isinstance(ckpt.get("model"), Mapping) and ("arch" in ckpt or "version" in ckpt)
-    if not (ours or summary is not None or (config is not None and "model_args" in config and source.suffix == ".safetensors")):
+    official = isinstance((config or {}).get("visionattn"), Mapping) and config["visionattn"].get("origin") == "official"
+    if not ours and (summary is None or official):
         return None
     return dict(folder=folder, args=dict(args) if args else None, summary=summary, config=config)
 
