@@ -148,3 +148,20 @@ def test_output_checks_name_the_place(tmp_path):
     check_output_dir(tmp_path / "run", "--output")
     assert not (tmp_path / "new").exists() and not (tmp_path / "run").exists()  # checking creates nothing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_exported_config_carries_the_runs_own_tag(tmp_path):
+    """#19.3: a run started from an official cfg (tag in1k) must not export config.json saying in1k."""
+    import json
+
+    import timm
+
+    from visionattn.engine.checkpoint import export_weights, run_tag
+
+    assert run_tag("CIFAR-10 dinat/") == "cifar_10_dinat"
+    assert run_tag("in1k", ["in1k", "in22k"]) == "run_in1k" and run_tag("") == "run"
+    model = timm.create_model("nat_mini", num_classes=3, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+    assert model.pretrained_cfg["tag"] == "in1k"
+    data_config = dict(input_size=(3, 32, 32), interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
+    _, config_path = export_weights(model, tmp_path, dict(embed_dim=16), data_config, tag=run_tag("in1k", ["in1k"]))
+    assert json.loads(config_path.read_text())["pretrained_cfg"]["tag"] == "run_in1k"

@@ -897,7 +897,7 @@ def user_run_folder(tmp_path):
                    held_out_samples=10000, data_config=data_config, epochs=3, final=dict(top1=71.25, top5=97.5, loss=0.8, count=10000),
                    best=dict(epoch=3, top1=71.25, top5=97.5), files=dict(checkpoint=str(run / "last.pth.tar")), args=args)
     (run / "summary.json").write_text(json.dumps(summary))
-    assert json.loads((run / "config.json").read_text())["pretrained_cfg"]["tag"] == "in1k"  # what the trainer leaves
+    assert json.loads((run / "config.json").read_text())["pretrained_cfg"]["tag"] == "in1k"  # what the trainer wrote before it gave runs their own tag
     return run, model
 
 

@@ -88,6 +88,7 @@ def test_cifar10_subset_training_beats_chance(tmp_path):
     assert config["architecture"] == "dinat_mini" and config["num_classes"] == 10
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
     assert config["label_names"][0] == "airplane" and config["model_args"]["embed_dim"] == 32
+    assert config["pretrained_cfg"]["tag"] == "cifar"  # the run's own tag (the folder name), not dinat_mini's in1k
 
 
 @pytest.mark.slow

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import timm
@@ -111,12 +112,23 @@ def load_initial_checkpoint(model: nn.Module, path: os.PathLike, use_ema: bool =
     return {"skipped": skipped, "missing": list(result.missing_keys)}
 
 
+def run_tag(name: str, official_tags: Sequence[str] = ()) -> str:
+    """The pretrained tag of a user's own run, from a free-form ``name`` (the run folder's name or
+    ``--tag``): lower case, ``[a-z0-9_]`` only, never empty (``"run"``), and prefixed ``run_`` when it
+    would equal one of ``official_tags`` (a user's CIFAR run must not read as ``in1k`` weights)."""
+    out = re.sub(r"[^a-z0-9_]+", "_", str(name).lower()).strip("_") or "run"
+    return f"run_{out}" if out in set(official_tags) else out
+
+
 def export_weights(model: nn.Module, out_dir: os.PathLike, model_args: Dict[str, Any], data_config: Dict[str, Any],
-                   label_names: Optional[List[str]] = None) -> Tuple[Path, Path]:
+                   label_names: Optional[List[str]] = None, tag: Optional[str] = None) -> Tuple[Path, Path]:
     """Save ``model.safetensors`` and ``config.json`` with ``timm.models.save_for_hf``.
 
-    Both are written into a temp folder inside ``out_dir``, fsync'ed, then each ``os.replace``'d
-    into place, so neither is ever seen half written. Returns their paths.
+    ``tag`` replaces the pretrained tag the model was created with (e.g. ``in1k`` of the official
+    weights it started from): the trainer passes :func:`run_tag` of its output folder, so a
+    ``config.json`` never names official weights it does not hold. Both files are written into a
+    temp folder inside ``out_dir``, fsync'ed, then each ``os.replace``'d into place, so neither is
+    ever seen half written. Returns their paths.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +137,8 @@ def export_weights(model: nn.Module, out_dir: os.PathLike, model_args: Dict[str,
         timm.models.save_for_hf(
             model, tmp, model_args=jsonable(model_args), safe_serialization=True,
             data_config={k: data_config[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct")},
-            model_config=dict(label_names=list(label_names)) if label_names else None)
+            model_config=dict(**(dict(label_names=list(label_names)) if label_names else {}),
+                              **(dict(pretrained_cfg=dict(tag=tag)) if tag else {})) or None)
         os.chmod(tmp / WEIGHTS_NAME, 0o666 & ~_UMASK)  # safetensors writes 0600; give the usual permissions
         paths = []
         for name in (WEIGHTS_NAME, CONFIG_NAME):

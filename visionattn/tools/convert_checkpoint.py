@@ -44,6 +44,7 @@ import torch
 
 from ..models import _manifest
 from ..models._hub import CheckpointFileError, check_finite, read_checkpoint, set_default_mode, sha256_file
+from visionattn.engine.checkpoint import run_tag
 from visionattn.engine.cli import UsageError, run_cli
 
 __all__ = ["build_parser", "main", "cli", "convert", "ConversionError", "model_card"]
@@ -107,11 +108,7 @@ def user_run(source: Path, ckpt: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
 
 
 def _run_tag(run: Mapping[str, Any], tag: Optional[str]) -> str:
-    import re
-
-    raw = tag or Path(run["folder"]).resolve().name or "run"
-    out = re.sub(r"[^a-z0-9_]+", "_", raw.lower()).strip("_") or "run"
-    return out
+    return run_tag(tag or Path(run["folder"]).resolve().name)
 
 
 def run_card(name: str, run: Mapping[str, Any], model, params: int, sha256: str, repo_id: str, roundtrip: float) -> str:

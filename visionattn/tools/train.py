@@ -76,7 +76,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, dispatch_clip_grad, random_seed
 
 import visionattn  # noqa: F401  (registers the zoo's models with timm)
-from visionattn.engine.checkpoint import (CHECKPOINT_NAME, CHECKPOINT_VERSION, CONFIG_NAME, WEIGHTS_NAME,
+from visionattn.engine.checkpoint import (CHECKPOINT_NAME, CHECKPOINT_VERSION, CONFIG_NAME, WEIGHTS_NAME, run_tag,
                                           export_weights, get_all_rng_states, load_checkpoint, load_exported_model,
                                           load_initial_checkpoint, save_checkpoint, set_rng_state)
 from visionattn.engine.cli import RESUME_HINT, UsageError, check_output_dir, run_cli
@@ -795,11 +795,14 @@ def _finish(args, out, model_state, model_ema, final, ema_final, history, data_c
                          args.model_kwargs, img_size=args.img_size if not args.demo else None)
     plain.load_state_dict(model_state)
     names = label_names if len(label_names) == args.num_classes else None
-    weights_path, config_path = export_weights(plain, out, args.model_kwargs, data_config, names)
+    arch_name = plain.pretrained_cfg.get("architecture") or args.model.split(".")[0]
+    official = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch_name}.*")]
+    tag = run_tag(out.resolve().name, official)  # the run's own tag, never an official one
+    weights_path, config_path = export_weights(plain, out, args.model_kwargs, data_config, names, tag=tag)
     files = {"checkpoint": str(out / CHECKPOINT_NAME), "weights": str(weights_path), "config": str(config_path)}
     if model_ema is not None:
         ema_weights, _ = export_weights(unwrap_model(model_ema.module), out / EMA_DIR, args.model_kwargs,
-                                        data_config, names)
+                                        data_config, names, tag=f"{tag}_ema")
         files["ema_weights"] = str(ema_weights)
     arch = args.model.split(".")[0] if ":" not in args.model else plain.pretrained_cfg.get("architecture", args.model)
     reloaded = load_exported_model(arch, weights_path, args.num_classes, args.model_kwargs,
