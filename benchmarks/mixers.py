@@ -260,6 +260,7 @@ def train_one(name: str, data: GpuData, args: argparse.Namespace, device: torch.
         test_images=total,
         img_size=args.img_size,
         device=str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        train_versions=f"torch {torch.__version__}, timm {timm.__version__}",
         recipe=(f"AdamW lr {args.lr} wd {args.weight_decay}, cosine, {args.warmup_epochs} warmup epoch(s), batch {args.batch_size}, "
                 f"label smoothing 0.1, drop path {args.drop_path}, clip {args.clip_grad}, crop+flip, seed {args.seed}"
                 + (", bf16 autocast" if amp else ", fp32")),
@@ -272,7 +273,8 @@ def mixer_label(name: str) -> str:
         mix = PRESETS[name][0]
         if isinstance(mix, str):
             return mix
-        return " | ".join(m if isinstance(m, str) else "/".join(m) for m in mix)
+        parts = [m if isinstance(m, str) else "/".join(m) for m in mix]  # per stage; a/b: blocks alternate
+        return parts[0] if len(set(parts)) == 1 else ", ".join(parts)
     return ""
 
 
@@ -368,6 +370,8 @@ def merge(output: str) -> List[Dict[str, Any]]:
         if os.path.isfile(output + suffix):
             for r in read_csv(output + suffix):
                 merged.setdefault(r["model"], {}).update({k: v for k, v in r.items() if v is not None or k not in merged.get(r["model"], {})})
+    for name, r in merged.items():
+        r["mixers"] = mixer_label(name) or r.get("mixers")
     order = {n: i for i, n in enumerate(PRESETS)}
     return sorted(merged.values(), key=lambda r: order.get(r["model"], len(order)))
 
@@ -421,7 +425,7 @@ def report(args: argparse.Namespace, argv: Sequence[str]) -> None:
                           f"images, {trained.get('img_size')} px, {trained.get('epochs')} epochs on {trained.get('device')}") if trained else "(not run yet)",
         "recipe": first("recipe"),
         "speed machine": first("speed_machine"),
-        "versions": f"torch {torch.__version__}, timm {timm.__version__}",
+        "versions": f"training: {first('train_versions')}; report: torch {torch.__version__}, timm {timm.__version__}",
         "columns": ("gmacs at the training size (gmacs_224 at 224 px); infer/train_img_s: CPU images/s (median of interleaved "
                     "rounds); *_vs_ref: throughput / that of " + DEFAULT_REFERENCE + "; train_peak_mb: CPU peak of one training "
                     "step; train_s: seconds of the training run on its device; top1: CIFAR-10 test top-1 after the last epoch"),
