@@ -214,6 +214,8 @@ def train_one(name: str, data: GpuData, args: argparse.Namespace, device: torch.
         min_lr=args.lr * 0.01, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
     )
     amp = device.type == "cuda"
+    if amp:
+        torch.cuda.reset_peak_memory_stats(device)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     t0 = time.perf_counter()
@@ -255,6 +257,7 @@ def train_one(name: str, data: GpuData, args: argparse.Namespace, device: torch.
         final_train_loss=float(loss_sum) / max(loss_n, 1),
         train_s=train_s,
         train_img_s_device=seen / train_s if train_s > 0 else None,
+        device_peak_mb=torch.cuda.max_memory_allocated(device) / 2**20 if amp else None,
         epochs=args.epochs,
         train_images=n_train,
         test_images=total,
@@ -359,7 +362,7 @@ def run_speed(args: argparse.Namespace, models: List[str]) -> List[Dict[str, Any
 # ----------------------------------------------------------------------------- report
 COLUMNS = [
     "model", "mixers", "params_m", "gmacs", "gmacs_224", "top1", "infer_img_s", "train_img_s", "infer_vs_ref",
-    "train_vs_ref", "train_peak_mb", "train_s", "error",
+    "train_vs_ref", "train_peak_mb", "train_s", "device_peak_mb", "error",
 ]
 
 
@@ -382,6 +385,7 @@ def plot(path: str, rows: List[Dict[str, Any]]) -> Optional[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     pts = [r for r in rows if isinstance(r.get("top1"), (int, float))]
     if not pts:
@@ -395,11 +399,15 @@ def plot(path: str, rows: List[Dict[str, Any]]) -> Optional[str]:
                 "dina_mixernet_tiny", "swin_mixernet_tiny", "maxvit_mixernet_tiny")
             ax.scatter(r[key], r["top1"], color="tab:red" if hybrid else "tab:blue", edgecolors="black", linewidths=0.4, s=40)
             ax.annotate(r["model"].replace("_mixernet_tiny", ""), (r[key], r["top1"]), fontsize=7, xytext=(3, 2), textcoords="offset points")
+        if not sel:
+            ax.text(0.5, 0.5, f"no {key} yet (run the other pass)", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(label)
         ax.set_ylabel("CIFAR-10 top-1 (%)")
         ax.grid(True, alpha=0.3)
         if sel and all(r[key] > 0 for r in sel):
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     fig.suptitle("Mixer ablation: MixerNet tiny, same macro and recipe (red: hybrids)")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
@@ -428,7 +436,8 @@ def report(args: argparse.Namespace, argv: Sequence[str]) -> None:
         "versions": f"training: {first('train_versions')}; report: torch {torch.__version__}, timm {timm.__version__}",
         "columns": ("gmacs at the training size (gmacs_224 at 224 px); infer/train_img_s: CPU images/s (median of interleaved "
                     "rounds); *_vs_ref: throughput / that of " + DEFAULT_REFERENCE + "; train_peak_mb: CPU peak of one training "
-                    "step; train_s: seconds of the training run on its device; top1: CIFAR-10 test top-1 after the last epoch"),
+                    "step; train_s: seconds of the training run on its device; device_peak_mb: CUDA peak of that run (batch "
+                    "of the recipe, bf16 autocast); top1: CIFAR-10 test top-1 after the last epoch"),
     }
     write_markdown(args.output + ".md", "Mixer ablation (MixerNet tiny)", header, [("Results", markdown_table(rows, COLUMNS))], NOTES)
     try:
