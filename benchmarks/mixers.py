@@ -6,8 +6,8 @@ the same network (conv stem, 4 stages 64-128-256-512, depths 2-2-6-2, pre-norm b
 ratio 4, conv downsamplers, head dim 32) with a different token mixer. This script measures, per
 preset:
 
-* parameters and fvcore GMACs at the training resolution (:func:`visionattn.tools.flops.count_gmacs`,
-  attention counted);
+* parameters and fvcore GMACs at the training resolution (the zoo's ``count_gmacs``, attention
+  counted);
 * CPU inference and training throughput, **interleaved** (every model runs once per round, medians
   over ``--repeats`` rounds) and as a ratio to ``--reference``; peak memory of one training step
   (``torch.profiler`` allocation events on CPU, :func:`visionattn.tools.benchmark.peak_memory_mb`);
@@ -65,10 +65,12 @@ import timm  # noqa: E402
 
 import visionattn  # noqa: E402
 from visionattn.models.mixernet import PRESETS  # noqa: E402
+# count_gmacs / unexpected_uncounted: the zoo's fvcore counter, taken through tools.benchmark, which
+# re-exports it wherever it lives (visionattn/tools/flops.py before the engine split, engine/flops.py after)
 from visionattn.tools.benchmark import (  # noqa: E402
-    interleaved, machine_info, make_step, markdown_table, peak_memory_mb, read_csv, write_csv, write_markdown,
+    count_gmacs, interleaved, machine_info, make_step, markdown_table, peak_memory_mb, read_csv, unexpected_uncounted,
+    write_csv, write_markdown,
 )
-from visionattn.tools.flops import count_gmacs, unexpected_uncounted  # noqa: E402
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)

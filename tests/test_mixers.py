@@ -11,7 +11,8 @@ from visionattn import mixers as mx
 from visionattn.layers import CrossShapedWindowAttention, NeighborhoodAttention2d, WindowAttention
 from visionattn.layers.baseline import DepthwiseConvMixer, PoolMixer
 from visionattn.models.mixernet import PRESETS, MixerNet, resolve_mixers
-from visionattn.tools.flops import count_gmacs, unexpected_uncounted
+# the zoo's fvcore counter, re-exported by tools.benchmark both before and after the engine split moved flops.py
+from visionattn.tools.benchmark import count_gmacs, unexpected_uncounted
 
 BUILTIN = [
     "agent", "bra", "cswin", "davit_channel", "dina", "dwconv", "identity", "maxvit_block", "maxvit_grid",

@@ -15,7 +15,7 @@ the mixer or mix several in one model.
 Each entry (:class:`MixerSpec`) documents its kwargs (name, default, meaning), its cost in MACs for
 one image and the paper it comes from. Notation of the cost formulas: ``N = H * W`` tokens, ``C``
 channels, MACs of one forward pass of one image as fvcore counts them with the handles of
-:mod:`visionattn.tools.flops` (linear layers ``N * C_in * C_out``, attention ``Q K^T`` plus ``A V``);
+the zoo's fvcore counter (``count_gmacs``) (linear layers ``N * C_in * C_out``, attention ``Q K^T`` plus ``A V``);
 element-wise ops, softmax and pooling are not counted, as in the papers. Maps padded by the mixer
 are counted at their padded size (``N_p``).
 
