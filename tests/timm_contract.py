@@ -38,7 +38,7 @@ import os
 
 import visionattn  # registers our models before test_models.py calls timm.list_models()
 
-_OURS = set(visionattn.list_models())
+_OURS = set(visionattn.list_models()) | set(visionattn.list_mixer_models())
 _PATTERNS = [p for p in os.environ.get("VISIONATTN_TIMM_MODELS", "").split(",") if p]
 _DOWNLOADS = {"test_model_load_pretrained", "test_model_features_pretrained", "test_model_inference"}
 _WITH_DOWNLOADS = os.environ.get("VISIONATTN_TIMM_DOWNLOADS") == "1"
