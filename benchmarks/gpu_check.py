@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     print("| " + " | ".join(hdr) + " |")
     for r in rows:
         print("| " + " | ".join(
-            (f"{r[h]:.3g}" if isinstance(r.get(h), float) else str(r.get(h, r.get("error", "-"))[:60])) for h in hdr) + " |")
+            (f"{r[h]:.3g}" if isinstance(r.get(h), float) else str(r.get(h, r.get("error", "-")))[:60]) for h in hdr) + " |")
     return 1 if failed else 0
 
 
