@@ -470,7 +470,8 @@ def test_any_input_size_and_minimum():
         m(torch.randn(1, 3, 31, 64))
 
 
-@pytest.mark.parametrize("name,kw", [("biformer_tiny", SMALL_KW), ("biformer_stl", dict(depths=(1, 1, 1, 1)))])
+@pytest.mark.parametrize("name,kw", [("biformer_tiny", SMALL_KW),
+                                     pytest.param("biformer_stl", dict(depths=(1, 1, 1, 1)), marks=pytest.mark.slow)])
 def test_model_contract(name, kw):
     torch.manual_seed(0)
     m = timm.create_model(name, **kw).eval()

@@ -222,6 +222,7 @@ def _dist_eval_worker(rank, world, port, outs_path, result_path):
 
 
 @needs_coco
+@pytest.mark.slow  # two processes (~45 s on a loaded 2-core machine)
 def test_distributed_evaluation_gathers_and_dedups(raw, tmp_path):
     ds = CocoDetection(IMAGES, ANN, None, with_masks=False)
     outs = _gt_outputs(ds, raw)

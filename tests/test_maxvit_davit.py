@@ -255,6 +255,7 @@ def test_maxvit_tiny_matches_timm_224(maxvit_tiny_pair):
     _compare(*maxvit_tiny_pair, (224, 224))
 
 
+@pytest.mark.slow  # 224 px stays in the quick set
 def test_maxvit_tiny_matches_timm_odd_stem_map(maxvit_tiny_pair):
     """222 px: the stem gives 111 rows (odd), so the stride-2 "same" conv and the 2x2 "same"
     average pool of the shortcut pad one row; timm still runs there (56 = 8 * 7 at stage 0)."""
@@ -280,9 +281,9 @@ def _cached_pair(timm_name, ours_name, depths):
     [
         ("maxvit_small_tf_224", "maxvit_small", (1, 1, 2, 1), (224, 224)),
         pytest.param("maxvit_small_tf_224", "maxvit_small", (1, 1, 2, 1), (448, 448), marks=_SLOW),
-        ("maxvit_base_tf_224", "maxvit_base", (1, 2, 1, 1), (224, 224)),
+        pytest.param("maxvit_base_tf_224", "maxvit_base", (1, 2, 1, 1), (224, 224), marks=_SLOW),
         pytest.param("maxvit_base_tf_224", "maxvit_base", (1, 2, 1, 1), (448, 448), marks=_SLOW),
-        ("maxvit_tiny_tf_384", "maxvit_tiny_384", (1, 1, 1, 1), (384, 384)),
+        pytest.param("maxvit_tiny_tf_384", "maxvit_tiny_384", (1, 1, 1, 1), (384, 384), marks=_SLOW),
         pytest.param("maxvit_tiny_tf_384", "maxvit_tiny_384", (1, 1, 1, 1), (768, 768), marks=_SLOW),
     ],
 )
@@ -291,6 +292,7 @@ def test_maxvit_variants_match_timm(timm_name, ours_name, depths, size):
     _compare(*_cached_pair(timm_name, ours_name, depths), size)
 
 
+@pytest.mark.slow  # test_maxvit_padding_is_masked_out covers padding in the quick set
 def test_maxvit_runs_where_timm_fails(maxvit_tiny_pair):
     ref, ours = maxvit_tiny_pair
     x = torch.randn(1, 3, 256, 256)
@@ -333,7 +335,7 @@ def test_davit_tiny_matches_timm(davit_tiny_pair, size):
     [
         ("davit_small", "davit_small_va", (1, 1, 2, 1), (224, 224)),
         ("davit_small", "davit_small_va", (1, 1, 2, 1), (288, 224)),
-        ("davit_base", "davit_base_va", (1, 1, 2, 1), (224, 224)),
+        pytest.param("davit_base", "davit_base_va", (1, 1, 2, 1), (224, 224), marks=_SLOW),
         pytest.param("davit_base", "davit_base_va", (1, 1, 2, 1), (320, 288), marks=_SLOW),
     ],
 )
@@ -417,8 +419,11 @@ def test_maxvit_filter_resizes_tables_and_rejects_unknown(maxvit_tiny_pair):
 @pytest.mark.parametrize(
     "name,kw,taps",
     [
-        ("maxvit_tiny", dict(embed_dim=(32, 64, 64, 96), depths=(1, 1, 1, 1), stem_width=16), 5),
-        ("davit_tiny_va", dict(embed_dims=(32, 64, 64, 96), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 3)), 4),
+        # ~40 s each on a loaded 2-core machine; test_model_contract.py checks both families in the quick set
+        pytest.param("maxvit_tiny", dict(embed_dim=(32, 64, 64, 96), depths=(1, 1, 1, 1), stem_width=16), 5,
+                     marks=pytest.mark.slow),
+        pytest.param("davit_tiny_va", dict(embed_dims=(32, 64, 64, 96), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 3)), 4,
+                     marks=pytest.mark.slow),
     ],
 )
 def test_contract_small(name, kw, taps):
