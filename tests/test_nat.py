@@ -21,7 +21,8 @@ D224_MINI = [[1, 8, 1], [1, 4, 1, 4], [1, 2, 1, 2, 1, 2], [1, 1, 1, 1, 1]]
 # name, official constructor kwargs, input (H, W)
 CASES = [
     ("nat_small", dict(embed_dim=96, depths=[3, 4, 18, 5], num_heads=[3, 6, 12, 24], mlp_ratio=2.0, layer_scale=1e-5), (64, 80)),
-    ("dinat_mini", dict(embed_dim=64, depths=[3, 4, 6, 5], num_heads=[2, 4, 8, 16], mlp_ratio=3.0, dilations=D224_MINI), (224, 224)),
+    pytest.param("dinat_mini", dict(embed_dim=64, depths=[3, 4, 6, 5], num_heads=[2, 4, 8, 16], mlp_ratio=3.0,
+                                    dilations=D224_MINI), (224, 224), marks=pytest.mark.slow),  # 200x264 below is quick
     ("dinat_mini", dict(embed_dim=64, depths=[3, 4, 6, 5], num_heads=[2, 4, 8, 16], mlp_ratio=3.0, dilations=D224_MINI), (200, 264)),
     (
         "dinat_s_tiny",
@@ -73,7 +74,7 @@ def test_official_isotropic_checkpoint_converts_and_matches(name, kw):
             checkpoint_filter_fn(bad, ours)
 
 
-@pytest.mark.parametrize("prefix", ["dinat.", "nat."])
+@pytest.mark.parametrize("prefix", ["dinat.", pytest.param("nat.", marks=pytest.mark.slow)])
 def test_hugging_face_layout_converts_and_matches(prefix):
     kw = dict(embed_dim=96, depths=[3, 4, 18, 5], num_heads=[3, 6, 12, 24], mlp_ratio=2.0, layer_scale=1e-5)
     off = randomize_(OfficialNAT(**kw), 4).eval()
@@ -115,6 +116,7 @@ def test_strict_errors_name_the_keys():
         checkpoint_filter_fn(wrong_arch, ours)
 
 
+@pytest.mark.slow  # ~50 s loaded; the same overlay path is quick-tested for DaViT and in test_tool_messages
 def test_pretrained_cfg_overlay_loads_official_file_and_resets_head(tmp_path):
     kw = CASES[1][1]
     off = randomize_(OfficialNAT(**kw), 9).eval()
