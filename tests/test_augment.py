@@ -27,6 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import visionattn  # noqa: E402,F401  (installs the posterize fix)
+from visionattn.engine.data import build_transforms  # noqa: E402
 from visionattn.tools import train as train_tool  # noqa: E402
 
 CONFIGS = sorted((ROOT / "configs" / "imagenet").glob("*.yaml"))
@@ -87,7 +88,7 @@ def test_recipe_augmentation_survives_extreme_magnitudes(path, monkeypatch):
     args, _ = train_tool.resolve_args(["-c", str(path), "--data-dir", str(ROOT), "--output", "unused"])
     data_config = dict(input_size=(3, H, W), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                        interpolation="bicubic", crop_pct=0.9)
-    train_tf, _ = train_tool.build_transforms(data_config, aa=args.aa, reprob=args.reprob, remode=args.remode,
+    train_tf, _ = build_transforms(data_config, aa=args.aa, reprob=args.reprob, remode=args.remode,
                                               recount=args.recount, train_interpolation=args.train_interpolation)
     ops = _policy_ops(train_tf)
     assert len(ops) >= 14
