@@ -89,7 +89,7 @@ def test_recipe_augmentation_survives_extreme_magnitudes(path, monkeypatch):
     data_config = dict(input_size=(3, H, W), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                        interpolation="bicubic", crop_pct=0.9)
     train_tf, _ = build_transforms(data_config, aa=args.aa, reprob=args.reprob, remode=args.remode,
-                                              recount=args.recount, train_interpolation=args.train_interpolation)
+                                   recount=args.recount, train_interpolation=args.train_interpolation)
     ops = _policy_ops(train_tf)
     assert len(ops) >= 14
     for op in ops:
