@@ -170,3 +170,135 @@ def test_too_small_input_raises(name):
     m = timm.create_model(name).eval()
     with pytest.raises(ValueError, match="smaller than the minimum"):
         m(torch.randn(1, 3, 8, 8))
+
+
+# ------------------------------------------------------------------------------------------------
+# Tracing and scripting (issue #13 items 1-2, issue #19 item 10): the smallest model of every
+# family and sub-family, at a size that is no multiple of any window / region / stripe (so every
+# padding branch is in the traced graph). Each traced or scripted model is held to the eager one.
+
+TRACE_MODELS = [
+    "nat_mini", "dinat_mini", "dinat_s_tiny", "nat_isotropic_small", "vitrpb_small", "biformer_tiny",
+    "maxvit_tiny", "cswin_tiny", "davit_tiny_va", "agent_pvt_tiny", "agent_deit_tiny", "agent_swin_tiny",
+    "agent_cswin_tiny",
+]
+TRACE_SIZE = (1, 3, 72, 88)
+
+
+def _eager(name, seed=0, **kw):
+    torch.manual_seed(seed)
+    return timm.create_model(name, **kw).eval()
+
+
+@pytest.mark.parametrize("name", TRACE_MODELS)
+def test_fx_features_only_matches_eager(name):
+    """``features_only=True, feature_cls='fx'`` (timm's FeatureGraphNet) taps the stage outputs
+    (NHWC tokens, as for timm's Swin) and equals the eager model's intermediates."""
+    torch.manual_seed(0)
+    fx = timm.create_model(name, features_only=True, feature_cls="fx").eval()
+    ref = _eager(name)
+    sd = {k.split(".", 1)[1]: v for k, v in fx.state_dict().items()}
+    ref.load_state_dict(sd, strict=False)
+    x = torch.randn(*TRACE_SIZE)
+    with torch.no_grad():
+        got = fx(x)
+        want = ref.forward_intermediates(x, indices=fx.feature_info.out_indices, intermediates_only=True)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        if g.dim() == 4 and g.shape != w.shape:  # NHWC stage output vs NCHW intermediate
+            g = g.permute(0, 3, 1, 2)
+        if g.dim() == 3:  # Agent-DeiT: (B, 1 + h*w, C) tokens vs the (B, C, h, w) patch map
+            g = g[:, 1:].transpose(1, 2).reshape(w.shape)
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", TRACE_MODELS)
+def test_torchvision_create_feature_extractor_matches_eager(name):
+    """torchvision's ``create_feature_extractor`` without timm's tracer arguments (our shape logic
+    is ``torch.fx.wrap``-ed), at a padded size and again at a second size: the graph decides
+    padding at run time. MaxViT needs timm's leaf modules, as timm's own MaxViT does (timm's
+    ``Conv2dSame`` / ``AvgPool2dSame`` branch on the input size)."""
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    m = _eager(name)
+    kw = {}
+    if name.startswith("maxvit"):
+        from timm.layers import get_notrace_functions, get_notrace_modules
+
+        kw = dict(tracer_kwargs=dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions()))
+    last = get_graph_node_names(m, **kw)[1][-1]
+    fe = create_feature_extractor(m, return_nodes=[last], **kw)
+    for size in (TRACE_SIZE, (2, 3, 64, 64)):
+        x = torch.randn(*size)
+        with torch.no_grad():
+            torch.testing.assert_close(fe(x)[last], m(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", TRACE_MODELS)
+def test_torchscript_matches_eager(name):
+    """``torch.jit.script`` under ``timm.layers.set_scriptable(True)`` (timm's torchscript test)."""
+    with timm.layers.set_scriptable(True):
+        m = _eager(name)
+    s = torch.jit.script(m)
+    for size in (TRACE_SIZE, (2, 3, 64, 64)):
+        x = torch.randn(*size)
+        with torch.no_grad():
+            torch.testing.assert_close(s(x), m(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", TRACE_MODELS)
+def test_jit_trace_matches_eager(name):
+    """``torch.jit.trace`` (its own consistency check on) equals eager at the traced size, other batch sizes included."""
+    m = _eager(name)
+    x = torch.randn(*TRACE_SIZE)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = torch.jit.trace(m, x)
+        x2 = torch.randn(2, *TRACE_SIZE[1:])
+        torch.testing.assert_close(t(x2), m(x2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["nat_mini", "vitrpb_small"])
+def test_training_after_inference_mode(name):
+    """Index tables cached by a forward under ``torch.inference_mode()`` must not be inference
+    tensors: a later training step at the same size saves them for backward (timm's FX tests run
+    ``test_model_forward_fx`` in inference mode, then ``test_model_backward_fx``)."""
+    m = timm.create_model(name)
+    x = torch.randn(*TRACE_SIZE)
+    with torch.inference_mode():
+        m.eval()(x)
+    m.train()
+    m(x).mean().backward()
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", ["nat_mini", "biformer_tiny", "maxvit_tiny", "cswin_tiny", "agent_deit_tiny", "agent_swin_tiny"])
+def test_fx_graph_then_torchscript(name):
+    """An FX feature graph can be scripted (timm's ``test_model_forward_fx_torchscript``)."""
+    from timm.layers import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    with timm.layers.set_scriptable(True):
+        m = _eager(name)
+    tk = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+    last = get_graph_node_names(m, tracer_kwargs=tk)[1][-1]
+    s = torch.jit.script(create_feature_extractor(m, return_nodes=[last], tracer_kwargs=tk))
+    x = torch.randn(*TRACE_SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(s(x)[last], m(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n == "davit_tiny_va" else pytest.mark.slow) for n in TRACE_MODELS])
+def test_compile_without_graph_breaks(name):
+    """Dynamo captures the whole forward as one graph (issue #19 item 7): ``fullgraph=True`` with
+    the ``eager`` backend (dynamo's tracing only, no code generation, to keep this cheap), at a
+    padded size and at a second size."""
+    import torch._dynamo
+
+    m = _eager(name)
+    torch._dynamo.reset()
+    compiled = torch.compile(m, backend="eager", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        for size in (TRACE_SIZE, (1, 3, 64, 64)):
+            x = torch.randn(*size)
+            torch.testing.assert_close(compiled(x), m(x), rtol=1e-5, atol=1e-5)

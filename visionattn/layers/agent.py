@@ -45,7 +45,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.layers import to_2tuple, trunc_normal_
+from timm.layers import register_notrace_function, to_2tuple, trunc_normal_
+
+from ..ops._trace import script_ignore
 
 __all__ = ["AgentAttention", "resize_agent_bias"]
 
@@ -65,6 +67,8 @@ def _resize_axis(t: torch.Tensor, axis: int, size: int) -> torch.Tensor:
     return out.reshape(*lead, size).movedim(-1, axis).to(t.dtype)
 
 
+@script_ignore()  # TorchScript calls it through Python
+@register_notrace_function  # a leaf of FX graphs: resizing depends on the map size
 def resize_agent_bias(name: str, tensor: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """Resize a row/column agent bias table to the map ``size = (h, w)``.
 
@@ -82,6 +86,50 @@ def resize_agent_bias(name: str, tensor: torch.Tensor, size: Tuple[int, int]) ->
         return tensor
     target = size[0] if name in ("ah_bias", "ha_bias") else size[1]
     return _resize_axis(tensor, _AXES[name], int(target))
+
+
+@script_ignore()  # TorchScript calls it through Python (formatted errors)
+@register_notrace_function  # a leaf of FX graphs: the checks need the run-time sizes
+def _check_agent_input(x: torch.Tensor, num_prefix_tokens: int, grid: Optional[Tuple[int, int]]) -> None:
+    """The input checks of :meth:`AgentAttention.forward` (NHWC without ``grid``, ``(B, N, C)`` with it)."""
+    P = num_prefix_tokens
+    if grid is None:
+        if P:
+            raise ValueError("AgentAttention: a module with prefix tokens takes (B, N, C) sequences and a grid")
+        if x.dim() != 4:
+            raise ValueError(f"AgentAttention: (B, N, C) inputs need grid=(H, W); got shape {tuple(x.shape)} without a grid")
+    else:
+        if x.dim() != 3:
+            raise ValueError(f"AgentAttention: grid= is given for (B, N, C) sequences; got shape {tuple(x.shape)}")
+        H, W, N = int(grid[0]), int(grid[1]), x.shape[1]
+        if N != P + H * W:
+            raise ValueError(f"AgentAttention: {N} tokens but grid {H}x{W} + {P} prefix token(s) = {P + H * W}")
+
+
+@register_notrace_function  # a leaf of FX graphs: it branches on device and autograd state
+def _agent_attend(
+    agents: torch.Tensor, qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, scale: float, drop: float
+) -> torch.Tensor:
+    """Agent aggregation then broadcast: ``(B, m, N, d)`` out of agents ``(B, m, n, d)``, q/k/v ``(B, m, N, d)``
+    and the biases ``b1 (m, n, N)``, ``b2 (m, N, n)``."""
+    if qh.device.type == "cpu" and torch.is_grad_enabled() and (qh.requires_grad or b1.requires_grad):
+        # Training on CPU: explicit products with the scale on the small agent side. SDPA's math path
+        # (the CPU path with an additive mask and autograd) scales both operands by sqrt(scale)
+        # and saves the scaled (B, m, N, d) copy of K (and of Q) for backward; here only views
+        # of the q / kv outputs (already saved by the pool / DWC) and (n x N) maps are saved.
+        a_s = agents * scale
+        attn = torch.softmax(a_s @ kh.transpose(-2, -1) + b1.to(qh.dtype), dim=-1)
+        agent_v = F.dropout(attn, drop, training=True) @ vh if drop else attn @ vh
+        attn = torch.softmax(qh @ a_s.transpose(-2, -1) + b2.to(qh.dtype), dim=-1)
+        return F.dropout(attn, drop, training=True) @ agent_v if drop else attn @ agent_v
+    agent_v = F.scaled_dot_product_attention(agents, kh, vh, attn_mask=b1.to(qh.dtype)[None], dropout_p=drop, scale=scale)
+    return F.scaled_dot_product_attention(qh, agents, agent_v, attn_mask=b2.to(qh.dtype)[None], dropout_p=drop, scale=scale)
+
+
+# leaves of FX graphs (see ops/_trace.py)
+torch.fx.wrap("resize_agent_bias")
+torch.fx.wrap("_check_agent_input")
+torch.fx.wrap("_agent_attend")
 
 
 class AgentAttention(nn.Module):
@@ -140,6 +188,7 @@ class AgentAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
+        self.takes_grid = True  # TransformerBlock passes its grid= (see layers/block.py)
         self.agent_num = agent_num
         self.pool_size = p
         self.resolution = (H0, W0)
@@ -189,29 +238,24 @@ class AgentAttention(nn.Module):
         ha, wa = resize_agent_bias("ha_bias", self.ha_bias, size), resize_agent_bias("wa_bias", self.wa_bias, size)
         b1 = (an + (ah + aw)[0]).reshape(m, n, h * w)
         b2 = na.reshape(m, n, h * w).transpose(1, 2) + (ha + wa)[0].reshape(m, h * w, n)
-        if self.num_prefix_tokens:
+        if hasattr(self, "ac_bias"):  # num_prefix_tokens > 0 (hasattr: see forward)
             b1 = torch.cat([self.ac_bias[0], b1], dim=-1)
             b2 = torch.cat([self.ca_bias[0], b2], dim=-2)
         return b1, b2
 
     def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-        nhwc = x.dim() == 4
+        _check_agent_input(x, self.num_prefix_tokens, grid)
         P = self.num_prefix_tokens
-        if nhwc:
-            if P:
-                raise ValueError("AgentAttention: a module with prefix tokens takes (B, N, C) sequences and a grid")
+        nhwc = grid is None
+        if grid is None:
             B, H, W, C = x.shape
             x = x.reshape(B, H * W, C)
         else:
-            if grid is None:
-                raise ValueError("AgentAttention: (B, N, C) inputs need grid=(H, W)")
-            H, W = int(grid[0]), int(grid[1])
+            H, W = grid[0], grid[1]
             B, N, C = x.shape
-            if N != P + H * W:
-                raise ValueError(f"AgentAttention: {N} tokens but grid {H}x{W} + {P} prefix token(s) = {P + H * W}")
         N = x.shape[1]
         m, d, n = self.num_heads, self.head_dim, self.agent_num
-        if self.split_qkv:
+        if hasattr(self, "q"):  # split_qkv (hasattr: TorchScript compiles only the branch this module has)
             q = self.q(x)
             k, v = self.kv(x).reshape(B, N, 2, C).unbind(2)
         else:
@@ -219,26 +263,11 @@ class AgentAttention(nn.Module):
         # agent tokens: pooled patch queries over all channels, then split into heads
         q_img = q[:, P:].reshape(B, H, W, C).permute(0, 3, 1, 2)
         agents = F.adaptive_avg_pool2d(q_img, self.pool_size).reshape(B, m, d, n).transpose(-1, -2)  # (B, m, n, d)
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(B, N, m, d).transpose(1, 2)  # (B, m, N, d)
-
-        qh, kh, vh = heads(q), heads(k), heads(v)
+        # heads: (B, N, C) -> (B, m, N, d)
+        qh, kh, vh = q.reshape(B, N, m, d).transpose(1, 2), k.reshape(B, N, m, d).transpose(1, 2), v.reshape(B, N, m, d).transpose(1, 2)
         b1, b2 = self.agent_biases(H, W)
         drop = self.attn_drop if self.training else 0.0
-        if q.device.type == "cpu" and torch.is_grad_enabled() and (q.requires_grad or b1.requires_grad):
-            # Training on CPU: explicit products with the scale on the small agent side. SDPA's math path
-            # (the CPU path with an additive mask and autograd) scales both operands by sqrt(scale)
-            # and saves the scaled (B, m, N, d) copy of K (and of Q) for backward; here only views
-            # of the q / kv outputs (already saved by the pool / DWC) and (n x N) maps are saved.
-            a_s = agents * self.scale
-            attn = torch.softmax(a_s @ kh.transpose(-2, -1) + b1.to(q.dtype), dim=-1)
-            agent_v = F.dropout(attn, drop, training=True) @ vh if drop else attn @ vh
-            attn = torch.softmax(qh @ a_s.transpose(-2, -1) + b2.to(q.dtype), dim=-1)
-            out = F.dropout(attn, drop, training=True) @ agent_v if drop else attn @ agent_v
-        else:
-            agent_v = F.scaled_dot_product_attention(agents, kh, vh, attn_mask=b1.to(q.dtype)[None], dropout_p=drop, scale=self.scale)
-            out = F.scaled_dot_product_attention(qh, agents, agent_v, attn_mask=b2.to(q.dtype)[None], dropout_p=drop, scale=self.scale)
+        out = _agent_attend(agents, qh, kh, vh, b1, b2, self.scale, drop)
         out = out.transpose(1, 2).reshape(B, N, C)
         v_img = v[:, P:].reshape(B, H, W, C).permute(0, 3, 1, 2)
         local = self.dwc(v_img).permute(0, 2, 3, 1).reshape(B, H * W, C)

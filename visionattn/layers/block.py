@@ -11,7 +11,7 @@ keeps the shape. Layer scale follows CaiT (Touvron et al. 2021) through timm's `
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Type
+from typing import Callable, Optional, Tuple, Type
 
 import torch
 from torch import nn
@@ -37,6 +37,12 @@ class TransformerBlock(nn.Module):
             second ConvPosEnc, ``cpe2``); like ``pos`` it includes its own residual.
 
     Shapes: ``(..., C) -> (..., C)``.
+
+    Sequence mixers (``(B, N, C)`` tokens whose grid the mixer must know, e.g. Agent-DeiT's
+    :class:`~visionattn.layers.AgentAttention`) set the instance attribute ``takes_grid = True``
+    and accept ``forward(x, grid)``; the block hands them its ``grid`` argument. Other mixers are
+    called as ``attn(x)``. (An attribute test rather than ``**kwargs``, so TorchScript can
+    compile the block: it resolves ``hasattr`` on a submodule when it compiles.)
     """
 
     def __init__(
@@ -67,11 +73,15 @@ class TransformerBlock(nn.Module):
             self.norm2 = self.mlp = None
         self.pos2 = pos2
 
-    def forward(self, x: torch.Tensor, **attn_kwargs) -> torch.Tensor:
-        """``attn_kwargs`` are passed to the mixer (e.g. ``grid=(H, W)`` for sequence mixers)."""
+    def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """``grid = (H, W)``: the token grid of ``(B, N, C)`` sequences, passed to mixers that take it."""
         if self.pos is not None:
             x = self.pos(x)
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), **attn_kwargs)))
+        if hasattr(self.attn, "takes_grid"):
+            a = self.attn(self.norm1(x), grid)
+        else:
+            a = self.attn(self.norm1(x))
+        x = x + self.drop_path1(self.ls1(a))
         if self.pos2 is not None:
             x = self.pos2(x)
         if self.mlp is not None:

@@ -27,6 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import DropPath, SEModule, create_conv2d, create_pool2d, get_norm_act_layer, make_divisible
 
+from ..ops._trace import pad_nchw, pad_nhwc
+
+torch.fx.wrap("pad_nchw")  # shape-dependent padding stays a leaf of FX graphs (see ops/_trace.py)
+torch.fx.wrap("pad_nhwc")
+
 __all__ = ["ConvTokenizer", "ConvDownsampler", "PatchEmbed", "PatchMerging", "ConvPosEnc", "MBConv", "ConvBNStem", "ConvLNStem", "LNConvDownsample"]
 
 
@@ -77,10 +82,11 @@ class PatchEmbed(nn.Module):
         self.norm = norm_layer(dim) if norm_layer is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.patch_size
-        H, W = x.shape[-2:]
-        if H % p or W % p:
-            x = F.pad(x, (0, (p - W % p) % p, 0, (p - H % p) % p))
+        return self.embed(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward pass (a method of its own so subclasses can call it: TorchScript has no ``super()``)."""
+        x = pad_nchw(x, self.patch_size, self.patch_size)
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
@@ -96,11 +102,10 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * dim, dim_out, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = pad_nhwc(x, 2, 2)
         B, H, W, C = x.shape
-        if H % 2 or W % 2:
-            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
         # (B, H/2, 2 [row offset], W/2, 2 [col offset], C) -> channel order (col, row): x0, x1, x2, x3
-        x = x.reshape(B, x.shape[1] // 2, 2, x.shape[2] // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
         return self.reduction(self.norm(x))
 
 
@@ -235,10 +240,7 @@ class ConvLNStem(nn.Module):
         self.norm = norm_layer(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.stride
-        H, W = x.shape[-2:]
-        if H % s or W % s:
-            x = F.pad(x, (0, (s - W % s) % s, 0, (s - H % s) % s))
+        x = pad_nchw(x, self.stride, self.stride)
         return self.norm(self.conv(x).permute(0, 2, 3, 1))
 
 
@@ -261,8 +263,5 @@ class LNConvDownsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x).permute(0, 3, 1, 2)
         if self.even_k:
-            k = self.conv.kernel_size[0]
-            H, W = x.shape[-2:]
-            if H % k or W % k:
-                x = F.pad(x, (0, (k - W % k) % k, 0, (k - H % k) % k))
+            x = pad_nchw(x, self.conv.kernel_size[0], self.conv.kernel_size[0])
         return self.conv(x).permute(0, 2, 3, 1)

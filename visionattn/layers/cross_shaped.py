@@ -20,6 +20,8 @@ from torch import nn
 
 from ..ops.stripe import stripe_attention
 
+torch.fx.wrap("stripe_attention")  # a leaf of FX graphs (stripes and padding depend on the map size)
+
 __all__ = ["CrossShapedWindowAttention"]
 
 
@@ -96,23 +98,20 @@ class CrossShapedWindowAttention(nn.Module):
         d = self.head_dim
         drop = self.attn_drop if self.training else 0.0
         outs = []
+        lepe_bias = self.lepe.bias
         for c0, c1, stripe in self.branches():
             m = (c1 - c0) // d
-
-            def sl(t: torch.Tensor) -> torch.Tensor:
-                return t[..., c0:c1].reshape(B, H, W, m, d)
-
             o = stripe_attention(
-                sl(q),
-                sl(k),
-                sl(v),
+                q[..., c0:c1].reshape(B, H, W, m, d),
+                k[..., c0:c1].reshape(B, H, W, m, d),
+                v[..., c0:c1].reshape(B, H, W, m, d),
                 stripe,
-                scale=self.scale,
-                lepe_weight=self.lepe.weight[c0:c1],
-                lepe_bias=self.lepe.bias[c0:c1] if self.lepe.bias is not None else None,
-                mask_padding=self.mask_padding,
-                dropout_p=drop,
-            )
+                self.scale,
+                self.lepe.weight[c0:c1],  # lepe_weight
+                lepe_bias[c0:c1] if lepe_bias is not None else None,
+                self.mask_padding,
+                drop,  # dropout_p
+            )  # positional: TorchScript passes an ignored function's arguments by position
             outs.append(o.reshape(B, H, W, c1 - c0))
         x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         return self.proj_drop(self.proj(x))

@@ -15,7 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import trunc_normal_
 
+from ..ops._trace import crop_nhwc, pad_nhwc_min
 from ..ops.neighborhood import _BACKENDS, na2d
+
+# leaves of FX graphs: the padding decision and the attention op (whose tiling plan depends on the
+# map size) run at call time (see ops/_trace.py)
+torch.fx.wrap("pad_nhwc_min")
+torch.fx.wrap("crop_nhwc")
+torch.fx.wrap("na2d")
 
 __all__ = ["NeighborhoodAttention2d"]
 
@@ -81,14 +88,10 @@ class NeighborhoodAttention2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         span = self.kernel_size * self.dilation
-        pad_h, pad_w = max(span - H, 0), max(span - W, 0)
-        if pad_h or pad_w:
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        Hp, Wp = H + pad_h, W + pad_w
+        x = pad_nhwc_min(x, span, span)
+        Hp, Wp = x.shape[1], x.shape[2]
         qkv = self.qkv(x).reshape(B, Hp, Wp, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(3)
-        x = na2d(q, k, v, self.kernel_size, self.dilation, self.rpb, self.scale, backend=self.backend)
-        x = x.reshape(B, Hp, Wp, C)
-        if pad_h or pad_w:
-            x = x[:, :H, :W, :]
+        x = na2d(q, k, v, self.kernel_size, self.dilation, self.rpb, self.scale, self.backend, None)  # all arguments: TorchScript
+        x = crop_nhwc(x.reshape(B, Hp, Wp, C), H, W)
         return self.proj_drop(self.proj(x))

@@ -11,8 +11,9 @@ from typing import Tuple
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 
-from ..ops._trace import is_tracing
+from ..ops._trace import cache_context, is_tracing, script_ignore
 
 __all__ = ["relative_position_bias", "relative_position_index", "resize_rel_pos_table"]
 
@@ -32,7 +33,8 @@ def _rel_offsets(h: int, w: int, like: torch.Tensor) -> Tuple[torch.Tensor, torc
     tracing = is_tracing(like)
     out = None if tracing else _OFFSET_CACHE.get(key)
     if out is None:
-        out = tuple(torch.tensor(_offsets(n), dtype=torch.long, device=like.device) for n in (h, w))
+        with cache_context(tracing):
+            out = tuple(torch.tensor(_offsets(n), dtype=torch.long, device=like.device) for n in (h, w))
         if not tracing:
             if len(_OFFSET_CACHE) > 256:
                 _OFFSET_CACHE.clear()
@@ -58,6 +60,8 @@ def resize_rel_pos_table(table: torch.Tensor, size: Tuple[int, int]) -> torch.Te
     return F.interpolate(table[None].float(), size=size, mode="bicubic", align_corners=False)[0].to(table.dtype)
 
 
+@script_ignore()  # TorchScript calls it through Python (cached index tables)
+@register_notrace_function  # a leaf of FX graphs: resizing and caching depend on the map size
 def relative_position_bias(table: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Dense bias ``(heads, h*w, h*w)`` of all-pairs attention over an ``h x w`` map.
 

@@ -13,14 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops._trace import crop_nhwc, pad_nhwc
 from ..ops.routing import bra2d
 
+# leaves of FX graphs: padding decisions and the routing op (its region grid depends on the map
+# size) run at call time (see ops/_trace.py)
+torch.fx.wrap("pad_nhwc")
+torch.fx.wrap("crop_nhwc")
+torch.fx.wrap("bra2d")
+
 __all__ = ["BiLevelRoutingAttention", "AttentionLePE"]
-
-
-def _nhwc_dwconv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Apply an NCHW depthwise conv to NHWC ``x``; returns NHWC."""
-    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 class BiLevelRoutingAttention(nn.Module):
@@ -92,9 +94,7 @@ class BiLevelRoutingAttention(nn.Module):
         B, H, W, C = x.shape
         if self.pad_mode == "zero":
             n_h, n_w = (self.num_regions, self.num_regions) if isinstance(self.num_regions, int) else self.num_regions
-            pad_h, pad_w = n_h * -(-H // n_h) - H, n_w * -(-W // n_w) - W
-            if pad_h or pad_w:
-                x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+            x = pad_nhwc(x, n_h, n_w)
         Hp, Wp = x.shape[1], x.shape[2]
         m = self.num_heads
         q, k, v = self.qkv(x).split([self.qk_dim, self.qk_dim, C], dim=-1)
@@ -102,14 +102,13 @@ class BiLevelRoutingAttention(nn.Module):
             q.reshape(B, Hp, Wp, m, -1),
             k.reshape(B, Hp, Wp, m, -1),
             v.reshape(B, Hp, Wp, m, -1),
-            num_regions=self.num_regions,
-            topk=self.topk,
-            scale=self.scale,
-        ).reshape(B, Hp, Wp, C)
+            self.num_regions,
+            self.topk,
+            self.scale,
+        ).reshape(B, Hp, Wp, C)  # positional: TorchScript passes an ignored function's arguments by position
         if self.lepe is not None:
-            out = out + _nhwc_dwconv(self.lepe, v)
-        if Hp != H or Wp != W:
-            out = out[:, :H, :W]
+            out = out + self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        out = crop_nhwc(out, H, W)
         return self.proj_drop(self.proj(out))
 
 
@@ -153,5 +152,5 @@ class AttentionLePE(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         out = out.transpose(1, 2).reshape(B, H, W, C)
         if self.lepe is not None:
-            out = out + _nhwc_dwconv(self.lepe, x)
+            out = out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.proj_drop(self.proj(out))

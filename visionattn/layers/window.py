@@ -36,9 +36,10 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.layers import trunc_normal_, to_2tuple
+from timm.layers import register_notrace_function, trunc_normal_, to_2tuple
 
-from ..ops.window import pad_to_multiple, padding_mask, partition as _partition, reverse as _reverse, shift_region_mask
+from ..ops._trace import crop_nhwc, pad_nhwc, script_ignore
+from ..ops.window import padding_mask, partition as _partition, reverse as _reverse, shift_region_mask
 from .pos import relative_position_bias, relative_position_index
 
 __all__ = ["WindowAttention"]
@@ -47,6 +48,7 @@ _MASK_VALUE = -1.0e4  # added to padded keys' logits: exp underflows to exactly 
 _SHIFT_MASK_VALUE = -100.0  # Swin's value for keys of another region in shifted windows (official parity)
 
 
+@register_notrace_function  # a leaf of FX graphs: it branches on device and autograd state
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float, dropout_p: float) -> torch.Tensor:
     """``softmax(q k^T * scale + mask) v`` on ``(B, heads, N, head_dim)``.
 
@@ -61,6 +63,58 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[to
             attn = F.dropout(attn, dropout_p)
         return attn @ v
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+
+
+@script_ignore()  # TorchScript calls it through Python (the masks are built with cached Python-side helpers)
+@register_notrace_function  # a leaf of FX graphs: which masks exist depends on the map size
+def _window_mask(
+    bias: Optional[torch.Tensor],
+    like: torch.Tensor,
+    H: int,
+    W: int,
+    Hp: int,
+    Wp: int,
+    window: Tuple[int, int],
+    shift: Tuple[int, int],
+    mode: str,
+    mask_padding: bool,
+    batch: int,
+) -> Optional[torch.Tensor]:
+    """The additive attention mask of :meth:`WindowAttention._forward_windows`.
+
+    Args:
+        bias: the window's relative position bias ``(heads, N, N)`` or None.
+        like: a tensor with the dtype and device of the attention logits.
+        H, W: the map size; Hp, Wp: its size padded to multiples of ``window``.
+        window, shift, mode, mask_padding: as :class:`WindowAttention`.
+        batch: images in the batch ``B``.
+
+    Returns:
+        ``(1 or B * nW, heads or 1, N, N)``: bias + Swin's shifted-region mask + padded-key mask
+        (whichever apply), windows in partition order; None when nothing applies.
+    """
+    mask = bias.to(like.dtype).unsqueeze(0) if bias is not None else None  # (1, heads, N, N)
+    if shift[0] or shift[1]:
+        region = shift_region_mask(Hp, Wp, window, shift, device=like.device)  # (nW, N, N)
+        region = torch.zeros(region.shape, dtype=like.dtype, device=like.device).masked_fill_(region, _SHIFT_MASK_VALUE)
+        mask = region[:, None] if mask is None else mask + region[:, None]
+    if (Hp != H or Wp != W) and mask_padding:
+        pad = padding_mask(H, W, Hp - H, Wp - W, window, mode, device=like.device, shift=shift)  # (nW, N)
+        pad = torch.zeros(pad.shape, dtype=like.dtype, device=like.device).masked_fill_(pad, _MASK_VALUE)
+        pad = pad[:, None, None, :]  # (nW, 1, 1, N)
+        mask = pad if mask is None else mask + pad
+    if mask is not None and mask.shape[0] > 1:
+        mask = mask.repeat(batch, 1, 1, 1)  # window index b * nW + w, as the partition orders them
+    return mask
+
+
+# leaves of FX graphs (see ops/_trace.py)
+torch.fx.wrap("pad_nhwc")
+torch.fx.wrap("crop_nhwc")
+torch.fx.wrap("_partition")
+torch.fx.wrap("relative_position_bias")
+torch.fx.wrap("_attend")
+torch.fx.wrap("_window_mask")
 
 
 class WindowAttention(nn.Module):
@@ -148,7 +202,7 @@ class WindowAttention(nn.Module):
 
     def window_bias(self) -> Optional[torch.Tensor]:
         """The relative position bias of one window, ``(heads, P_h*P_w, P_h*P_w)`` (None without ``rpb``)."""
-        if self.rpb is None:
+        if self.rpb is None or self.rpb_index is None:  # (no index: 'global' partition)
             return None
         n = self.window_size[0] * self.window_size[1]
         return self.rpb.flatten(1)[:, self.rpb_index.flatten()].view(self.num_heads, n, n)
@@ -156,7 +210,8 @@ class WindowAttention(nn.Module):
     def _forward_windows(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         P = self.window_size
-        xp, pad_h, pad_w = pad_to_multiple(x, P)
+        xp = pad_nhwc(x, P[0], P[1])
+        Hp, Wp = xp.shape[1], xp.shape[2]
         S = self.shift_size
         if S[0] or S[1]:
             xp = torch.roll(xp, shifts=(-S[0], -S[1]), dims=(1, 2))
@@ -164,25 +219,11 @@ class WindowAttention(nn.Module):
         Bw, N = win.shape[0], P[0] * P[1]
         qkv = self.qkv(win).reshape(Bw, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B * nW, heads, N, head_dim)
-        mask = self.window_bias()
-        if mask is not None:
-            mask = mask.to(q.dtype).unsqueeze(0)  # (1, heads, N, N)
-        if S[0] or S[1]:
-            region = shift_region_mask(H + pad_h, W + pad_w, P, S, device=x.device)  # (nW, N, N)
-            region = torch.zeros(region.shape, dtype=q.dtype, device=x.device).masked_fill_(region, _SHIFT_MASK_VALUE)
-            mask = region[:, None] if mask is None else mask + region[:, None]
-        if (pad_h or pad_w) and self.mask_padding:
-            pad = padding_mask(H, W, pad_h, pad_w, P, self.partition, device=x.device, shift=S)  # (nW, N)
-            pad = torch.zeros(pad.shape, dtype=q.dtype, device=x.device).masked_fill_(pad, _MASK_VALUE)
-            pad = pad[:, None, None, :]  # (nW, 1, 1, N)
-            mask = pad if mask is None else mask + pad
-        if mask is not None and mask.shape[0] > 1:
-            mask = mask.repeat(B, 1, 1, 1)  # window index b * nW + w, as the partition orders them
+        mask = _window_mask(self.window_bias(), q, H, W, Hp, Wp, P, S, self.partition, self.mask_padding, B)
         out = _attend(q, k, v, mask, self.scale, self.attn_drop if self.training else 0.0)
         out = out.transpose(1, 2).reshape(Bw, P[0], P[1], C)
-        out = _reverse(out, P, (H + pad_h, W + pad_w), self.partition)
+        out = _reverse(out, P, (Hp, Wp), self.partition)
         if S[0] or S[1]:
             out = torch.roll(out, shifts=(S[0], S[1]), dims=(1, 2))
-        if pad_h or pad_w:
-            out = out[:, :H, :W]
+        out = crop_nhwc(out, H, W)
         return self.proj_drop(self.proj(out))

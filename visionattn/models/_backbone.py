@@ -11,13 +11,13 @@ Every family composes this scaffolding; it implements timm's model contract (tim
 Layouts: images enter NCHW; tokens travel NHWC ``(B, H, W, C)`` between stem, stages and norm;
 ``forward_features`` and every intermediate are handed out NCHW (``output_fmt = 'NCHW'``).
 """
-from __future__ import annotations
-
+# (no ``from __future__ import annotations`` here: FX copies ``forward``'s annotations into the
+# GraphModule's code, which TorchScript must then parse: ``torch.jit.script`` of an FX graph)
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import nn
-from timm.layers import ClassifierHead, trunc_normal_
+from timm.layers import ClassifierHead, register_notrace_function, trunc_normal_
 from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 
@@ -59,6 +59,21 @@ def init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+@register_notrace_function
+def _check_image(x: torch.Tensor, min_size: int, model_name: str) -> None:
+    """The input checks of :meth:`HierarchicalBackbone._check_input` (a leaf of FX graphs: sizes are known at run time only)."""
+    if x.dim() != 4:
+        raise ValueError(f"{model_name} expects images of shape (B, C, H, W); got {tuple(x.shape)}")
+    if x.shape[-2] < min_size or x.shape[-1] < min_size:
+        raise ValueError(
+            f"{model_name}: input {tuple(x.shape[-2:])} is smaller than the minimum "
+            f"{min_size}x{min_size} pixels this model accepts"
+        )
+
+
+torch.fx.wrap("_check_image")
 
 
 class Stage(nn.Module):
@@ -188,13 +203,8 @@ class HierarchicalBackbone(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(f"{type(self).__name__} expects images of shape (B, C, H, W); got {tuple(x.shape)}")
-        if x.shape[-2] < self.min_input_size or x.shape[-1] < self.min_input_size:
-            raise ValueError(
-                f"{type(self).__name__}: input {tuple(x.shape[-2:])} is smaller than the minimum "
-                f"{self.min_input_size}x{self.min_input_size} pixels this model accepts"
-            )
+        if not torch.jit.is_scripting():  # TorchScript: the ops' own checks remain
+            _check_image(x, self.min_input_size, type(self).__name__)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W) -> (B, num_features, H/32, W/32)`` (NCHW, after the final norm)."""

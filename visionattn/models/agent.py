@@ -70,6 +70,8 @@ from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weight
 from ._manifest import family_cfg, manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
+torch.fx.wrap("resample_abs_pos_embed")  # a leaf of FX graphs (timm registers it for its own tracer)
+
 __all__ = ["AgentPVT", "AgentDeiT", "AgentSwin", "AgentCSWin", "PosPatchEmbed", "TokenHead", "checkpoint_filter_fn"]
 
 _LN6 = partial(nn.LayerNorm, eps=1e-6)
@@ -107,7 +109,7 @@ class PosPatchEmbed(PatchEmbed):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.nhwc_input:
             x = x.permute(0, 3, 1, 2)
-        x = super().forward(x)
+        x = self.embed(x)  # PatchEmbed's forward
         B, h, w, C = x.shape
         pos = resample_abs_pos_embed(self.pos_embed, [h, w], list(self.grid), num_prefix_tokens=0, interpolation="bilinear", antialias=False)
         return x + pos.reshape(1, h, w, C)
@@ -317,19 +319,16 @@ class AgentDeiT(HierarchicalBackbone):
         x = torch.cat([self.cls_token.expand(B, -1, -1), x.reshape(B, h * w, C)], dim=1) + pos
         return x, (h, w)
 
-    def _block(self, stage: Stage, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-        blk = stage.blocks[0]
-        kw = {"grid": grid} if isinstance(blk.attn, AgentAttention) else {}
-        if stage.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(blk, x, use_reentrant=False, **kw)
-        return blk(x, **kw)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W) -> (B, C, 1, 1 + h*w)``: normalised tokens, class token first."""
         self._check_input(x)
         x, grid = self._embed(x)
-        for stage in self.stages:
-            x = self._block(stage, x, grid)
+        for stage in self.stages:  # (TorchScript: no module arguments, so each stage's one block is run inline)
+            for blk in stage.blocks:
+                if stage.grad_checkpointing and not torch.jit.is_scripting():
+                    x = checkpoint(blk, x, grid, use_reentrant=False)
+                else:
+                    x = blk(x, grid)
         x = self.norm(x)
         return x.transpose(1, 2).unsqueeze(2)
 
@@ -357,7 +356,11 @@ class AgentDeiT(HierarchicalBackbone):
         stages = self.stages if (torch.jit.is_scripting() or not stop_early) else self.stages[: max_index + 1]
         out = []
         for i, stage in enumerate(stages):
-            x = self._block(stage, x, (h, w))
+            for blk in stage.blocks:
+                if stage.grad_checkpointing and not torch.jit.is_scripting():
+                    x = checkpoint(blk, x, (h, w), use_reentrant=False)
+                else:
+                    x = blk(x, (h, w))
             if i in take_indices:
                 t = self.norm(x) if (norm and i == last) else x
                 out.append(t[:, 1:].reshape(B, h, w, C).permute(0, 3, 1, 2))

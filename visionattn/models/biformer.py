@@ -39,20 +39,44 @@ from torch import nn
 from timm.models import generate_default_cfgs
 
 from ..layers.block import TransformerBlock
+from ..ops._trace import pad_nchw
 from ..layers.conv import ConvPosEnc
 from ..layers.routing import AttentionLePE, BiLevelRoutingAttention
 from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights, per_stage
 from ._manifest import family_cfg, manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
+torch.fx.wrap("pad_nchw")  # a leaf of FX graphs (see ops/_trace.py)
+
 __all__ = ["BiFormer", "checkpoint_filter_fn"]
 
 
 class BatchNormNHWC(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` on NHWC tokens ``(B, H, W, C) -> (B, H, W, C)`` (BiFormer's pre-head norm)."""
+    """``nn.BatchNorm2d`` on NHWC tokens ``(B, H, W, C) -> (B, H, W, C)`` (BiFormer's pre-head norm).
+
+    ``forward`` is ``nn.BatchNorm2d.forward`` written out on ``F.batch_norm`` (as timm's
+    ``BatchNormAct2d``): TorchScript has no ``super()`` and FX cannot trace its input-rank check.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            if self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        track = not self.training or self.track_running_stats
+        x = F.batch_norm(
+            x.permute(0, 3, 1, 2),
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            self.weight,
+            self.bias,
+            use_batch_stats,
+            factor,
+            self.eps,
+        )
+        return x.permute(0, 2, 3, 1)
 
 
 class ConvNormSeq(nn.Sequential):
@@ -66,17 +90,19 @@ class ConvNormSeq(nn.Sequential):
     def __init__(self, *layers: nn.Module, image_in: bool = False):
         super().__init__(*layers)
         self.image_in = image_in
+        # per layer: the multiple its input is padded to (the stride of unpadded strided convs, else 1)
+        self.pad_to = [
+            (int(m.stride[0]), int(m.stride[1]))
+            if isinstance(m, nn.Conv2d) and m.padding == (0, 0) and max(m.stride) > 1
+            else (1, 1)
+            for m in layers
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.image_in:
             x = x.permute(0, 3, 1, 2)
-        for layer in self:
-            if isinstance(layer, nn.Conv2d) and layer.padding == (0, 0) and max(layer.stride) > 1:
-                sh, sw = layer.stride
-                H, W = x.shape[-2:]
-                if H % sh or W % sw:
-                    x = F.pad(x, (0, (-W) % sw, 0, (-H) % sh))
-            x = layer(x)
+        for i, layer in enumerate(self):
+            x = layer(pad_nchw(x, self.pad_to[i][0], self.pad_to[i][1]))
         return x.permute(0, 2, 3, 1)
 
 

@@ -52,11 +52,14 @@ from torch import nn
 from timm.models import generate_default_cfgs
 
 from ..layers.block import TransformerBlock
+from ..ops._trace import pad_nchw
 from ..layers.conv import ConvDownsampler
 from ..layers.cross_shaped import CrossShapedWindowAttention
 from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights
 from ._manifest import family_cfg, manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
+
+torch.fx.wrap("pad_nchw")  # a leaf of FX graphs (see ops/_trace.py)
 
 __all__ = ["CSWin", "CSWinStem", "checkpoint_filter_fn", "load_official_checkpoint"]
 
@@ -77,9 +80,7 @@ class CSWinStem(nn.Module):
         self.norm = norm_layer(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ph, pw = (-x.shape[-2]) % 4, (-x.shape[-1]) % 4
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
+        x = pad_nchw(x, 4, 4)
         return self.norm(self.conv(x).permute(0, 2, 3, 1))
 
 

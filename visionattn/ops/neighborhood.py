@@ -38,7 +38,9 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from ._trace import is_tracing
+from timm.layers import register_notrace_function
+
+from ._trace import cache_context, is_tracing, script_ignore
 
 __all__ = [
     "na2d",
@@ -287,15 +289,16 @@ def _axis_plan_on(length: int, kernel_size: int, dilation: int, tile: int, like:
     if plan is None:
         q_idx, k_idx, inv_idx, off, n, T, halo = _axis_plan(length, kernel_size, dilation, tile)
         as_long = dict(dtype=torch.long, device=like.device)
-        plan = (
-            torch.tensor(q_idx, **as_long),
-            torch.tensor(k_idx, **as_long),
-            torch.tensor(inv_idx, **as_long),
-            torch.tensor(off, **as_long).view(n, T, halo),
-            n,
-            T,
-            halo,
-        )
+        with cache_context(tracing):
+            plan = (
+                torch.tensor(q_idx, **as_long),
+                torch.tensor(k_idx, **as_long),
+                torch.tensor(inv_idx, **as_long),
+                torch.tensor(off, **as_long).view(n, T, halo),
+                n,
+                T,
+                halo,
+            )
         if not tracing:
             if len(_PLAN_DEVICE_CACHE) > 512:
                 _PLAN_DEVICE_CACHE.clear()
@@ -428,8 +431,10 @@ def _flex_tables(H: int, W: int, ks: Tuple[int, int], dil: Tuple[int, int], like
     hit = _FLEX_DEVICE_CACHE.get(key)
     if hit is None:
         plan = _flex_plan(H, W, ks[0], ks[1], dil[0], dil[1], FLEX_BLOCK_SIZE)
-        hit = tuple(torch.tensor(t, dtype=torch.long if i < 2 else torch.int32, device=like.device) for i, t in enumerate(plan))
-        if not is_tracing(like):
+        tracing = is_tracing(like)
+        with cache_context(tracing):
+            hit = tuple(torch.tensor(t, dtype=torch.long if i < 2 else torch.int32, device=like.device) for i, t in enumerate(plan))
+        if not tracing:
             if len(_FLEX_DEVICE_CACHE) > 128:
                 _FLEX_DEVICE_CACHE.clear()
             _FLEX_DEVICE_CACHE[key] = hit
@@ -572,6 +577,8 @@ def _na2d_full(q, k, v, ks, rpb, scale):
     return out.transpose(1, 2).reshape(B, H, W, nh, v.shape[-1])
 
 
+@script_ignore(kernel_size=int, dilation=int, tile_size=Optional[int])  # backend choice, cached tiling plans
+@register_notrace_function  # a leaf of FX graphs: its plan depends on the map size
 def na2d(
     q: torch.Tensor,
     k: torch.Tensor,

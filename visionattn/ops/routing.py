@@ -45,6 +45,9 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
+
+from ._trace import script_ignore
 
 __all__ = [
     "RegionGrid",
@@ -209,6 +212,8 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         )
 
 
+@script_ignore(num_regions=int)  # TorchScript calls it through Python (region grid: a Python NamedTuple)
+@register_notrace_function  # a leaf of FX graphs: its region grid depends on the map size
 def bra2d(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -30,6 +30,9 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
+
+from ._trace import script_ignore
 
 from .window import window_partition, window_reverse
 
@@ -69,6 +72,8 @@ def pad_symmetric(x: torch.Tensor, size: Tuple[int, int]) -> Tuple[torch.Tensor,
     return x, pads
 
 
+@script_ignore()  # TorchScript calls it through Python (stripe layout and padding are Python-side)
+@register_notrace_function  # a leaf of FX graphs: its stripes and padding depend on the map size
 def stripe_attention(
     q: torch.Tensor,
     k: torch.Tensor,

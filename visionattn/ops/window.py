@@ -19,6 +19,9 @@ from typing import Tuple
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
+
+from ._trace import script_ignore
 
 __all__ = [
     "pad_to_multiple",
@@ -105,6 +108,8 @@ def grid_reverse(windows: torch.Tensor, grid: Size2, size: Size2) -> torch.Tenso
     return x.permute(0, 3, 1, 4, 2, 5).reshape(-1, H, W, C)
 
 
+@script_ignore()  # TorchScript calls it through Python (size checks with formatted errors)
+@register_notrace_function  # a leaf of FX graphs: it checks the map size
 def partition(x: torch.Tensor, size: Size2, mode: str) -> torch.Tensor:
     """:func:`window_partition` (``mode='block'``) or :func:`grid_partition` (``mode='grid'``)."""
     if mode == "block":
@@ -114,6 +119,7 @@ def partition(x: torch.Tensor, size: Size2, mode: str) -> torch.Tensor:
     raise ValueError(f"partition: mode must be 'block' or 'grid', got {mode!r}")
 
 
+@script_ignore()
 def reverse(windows: torch.Tensor, size: Size2, map_size: Size2, mode: str) -> torch.Tensor:
     """Inverse of :func:`partition` for a map of ``map_size = (H, W)``."""
     if mode == "block":
