@@ -170,3 +170,71 @@ def test_too_small_input_raises(name):
     m = timm.create_model(name).eval()
     with pytest.raises(ValueError, match="smaller than the minimum"):
         m(torch.randn(1, 3, 8, 8))
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input and memory formats (issues #13.7, #19.2)
+
+
+def _expected_taps(m, B, hw):
+    return [(B, info["num_chs"], -(-hw[0] // info["reduction"]), -(-hw[1] // info["reduction"])) for info in m.feature_info]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_empty_batch_meta(name):
+    """0 images give empty outputs of the usual shapes (inference and training), for every model."""
+    with torch.device("meta"):
+        m = timm.create_model(name, num_classes=7)
+        x = torch.empty(0, 3, 64, 96)
+        for training in (False, True):
+            m.train(training)
+            assert m(x).shape == (0, 7)
+        m.eval()
+        feats, inter = m.forward_intermediates(x)
+        assert feats.shape[0] == 0 and feats.shape[1:] == m.forward_features(torch.empty(1, 3, 64, 96)).shape[1:]
+        assert [tuple(t.shape) for t in inter] == _expected_taps(m, 0, (64, 96))
+
+
+@pytest.mark.parametrize("name", sorted(SMALLEST.values()))
+def test_empty_batch_real_train_and_features_only(name):
+    m = timm.create_model(name, num_classes=7).train()
+    x = torch.randn(0, 3, 64, 96, requires_grad=True)
+    y = m(x)
+    assert y.shape == (0, 7)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    f = timm.create_model(name, features_only=True).eval()
+    with torch.no_grad():
+        outs = f(torch.randn(0, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == [
+        (0, c, -(-64 // r), -(-96 // r)) for c, r in zip(f.feature_info.channels(), f.feature_info.reduction())
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(SMALLEST.values()))
+def test_integer_images_raise_a_clear_error(name):
+    m = timm.create_model(name).eval()
+    with pytest.raises(TypeError, match="floating-point images.*uint8"):
+        m(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="floating-point images"):
+        m.forward_intermediates(torch.zeros(1, 3, 64, 64, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_channels_last_input_and_model_give_identical_outputs(name):
+    """``x.to(memory_format=channels_last)`` and ``model.to(memory_format=channels_last)`` (timm's
+    ``--channels-last``) change strides only: same outputs, same parameters and state-dict shapes."""
+    torch.manual_seed(0)
+    m = timm.create_model(name).eval()
+    x = torch.randn(2, 3, 64, 80)
+    shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    params = {k: id(p) for k, p in m.named_parameters()}
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = m(x)
+        torch.testing.assert_close(m(xc), ref, rtol=1e-5, atol=1e-5)
+        m = m.to(memory_format=torch.channels_last)
+        assert {k: id(p) for k, p in m.named_parameters()} == params
+        assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == shapes
+        torch.testing.assert_close(m(xc), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)

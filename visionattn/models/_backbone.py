@@ -105,6 +105,10 @@ class HierarchicalBackbone(nn.Module):
 
     Raises:
         ValueError: inputs that are not ``(B, C, H, W)`` or smaller than ``min_input_size``.
+        TypeError: inputs that are not floating point (e.g. uint8 images: normalise them first).
+
+    An empty batch ``(0, C, H, W)`` gives empty outputs of the usual shapes (``(0, num_classes)``,
+    ``(0, C_i, h_i, w_i)`` taps), in inference and in training.
     """
 
     output_fmt = "NCHW"
@@ -190,6 +194,13 @@ class HierarchicalBackbone(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4:
             raise ValueError(f"{type(self).__name__} expects images of shape (B, C, H, W); got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(
+                f"{type(self).__name__} expects floating-point images (float32/float16/bfloat16, normalised "
+                f"with the pretrained cfg's mean/std, as timm's transforms produce); got {x.dtype}. "
+                "Convert e.g. uint8 images with timm.data.create_transform(**timm.data.resolve_data_config(model=model)) "
+                "or (x.float() / 255 - mean) / std"
+            )
         if x.shape[-2] < self.min_input_size or x.shape[-1] < self.min_input_size:
             raise ValueError(
                 f"{type(self).__name__}: input {tuple(x.shape[-2:])} is smaller than the minimum "
