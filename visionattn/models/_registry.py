@@ -1,6 +1,7 @@
 """Thin glue to timm: registration without clobbering, building, and strict checkpoint remapping."""
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
@@ -58,15 +59,23 @@ def build_model(
     """Build a registered variant: ``defaults`` (the paper's config) overridden by the user's
     ``kwargs``, through timm's ``build_model_with_cfg`` with our strict ``filter_fn`` and
     ``features_only`` served by ``forward_intermediates`` (``feature_cls='getter'``; the user may
-    pass ``out_indices``, default ``out_indices``)."""
+    pass ``out_indices``, default ``out_indices``).
+
+    ``img_size`` (int or ``(H, W)``) is accepted by every model: models built for a resolution
+    (tables, windows, position embeddings) take it as an argument; the others run at any size and
+    ignore it. Either way the returned model's pretrained cfg records it as ``input_size`` (and
+    ``pool_size`` scaled alike), so timm's ``resolve_data_config(model=model)`` follows it."""
+    user_size = (kwargs or {}).get("img_size")
     kwargs = {**(defaults or {}), **(kwargs or {})}
     taps = kwargs.pop("out_indices", out_indices)
     size = kwargs.get("img_size")
     if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
         # timm's save_for_hf records img_size as (H, W); our square-size models take one int
         kwargs["img_size"] = int(size[0])
+    if "img_size" in kwargs and not _takes_kwarg(model_cls, "img_size"):
+        kwargs.pop("img_size")  # any-size model: img_size only sets the pretrained cfg's input_size (below)
     try:
-        return build_model_with_cfg(
+        model = build_model_with_cfg(
             model_cls,
             variant,
             pretrained,
@@ -88,6 +97,34 @@ def build_model(
         if err is None:
             raise
         raise err from exc
+    if user_size is not None:
+        _set_cfg_input_size(model, user_size)
+    return model
+
+
+def _takes_kwarg(model_cls, name: str) -> bool:
+    """Whether ``model_cls(...)`` accepts ``name`` (named, or passed on through ``**kwargs``)."""
+    params = inspect.signature(model_cls).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _set_cfg_input_size(model, img_size) -> None:
+    """Record a user's ``img_size=`` in the model's pretrained cfg (``input_size``, and ``pool_size``
+    scaled by the cfg's own ``input_size / pool_size`` stride), so that
+    ``timm.data.resolve_data_config(model=model)`` preprocesses at that size."""
+    h, w = (int(img_size), int(img_size)) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[-1]))
+    for obj in (model, getattr(model, "model", None)):
+        cfg = getattr(obj, "pretrained_cfg", None)
+        if not isinstance(cfg, Mapping) or not cfg.get("input_size"):
+            continue
+        cfg = dict(cfg)
+        old = cfg["input_size"]
+        pool = cfg.get("pool_size")
+        if pool:
+            rh, rw = old[-2] // pool[0], old[-1] // pool[1]
+            cfg["pool_size"] = (-(-h // rh), -(-w // rw))
+        cfg["input_size"] = (old[0], h, w)
+        obj.pretrained_cfg = obj.default_cfg = cfg
 
 
 class CheckpointKeyError(KeyError):
