@@ -284,6 +284,8 @@ def test_img_size_accepted_and_min_input_size(name):
         assert m(torch.empty(2, 3, mn[1], mn[2])).shape == (2, 3)
         with pytest.raises(ValueError, match="smaller than the minimum"):
             m(torch.empty(1, 3, mn[1] - 1, mn[2]))
+        with pytest.raises(ValueError, match="smaller than its min_input_size"):
+            timm.create_model(name, img_size=mn[1] - 1)
     with torch.device("meta"):
         feat = timm.create_model(name, img_size=(192, 192), features_only=True)  # (H, W) as timm's save_for_hf writes it
     assert feat.pretrained_cfg["input_size"] == (3, 192, 192)

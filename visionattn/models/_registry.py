@@ -5,7 +5,7 @@ import inspect
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
-from timm.models import build_model_with_cfg, is_model
+from timm.models import build_model_with_cfg, get_pretrained_cfg, is_model
 from timm.models import register_model as _timm_register_model
 
 __all__ = [
@@ -72,6 +72,8 @@ def build_model(
     if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
         # timm's save_for_hf records img_size as (H, W); our square-size models take one int
         kwargs["img_size"] = int(size[0])
+    if user_size is not None:
+        _check_img_size(variant, user_size)
     if "img_size" in kwargs and not _takes_kwarg(model_cls, "img_size"):
         kwargs.pop("img_size")  # any-size model: img_size only sets the pretrained cfg's input_size (below)
     try:
@@ -100,6 +102,15 @@ def build_model(
     if user_size is not None:
         _set_cfg_input_size(model, user_size)
     return model
+
+
+def _check_img_size(variant: str, img_size) -> None:
+    """Refuse an ``img_size`` below the variant's ``min_input_size`` (its pretrained cfg), by name."""
+    cfg = get_pretrained_cfg(variant, allow_unregistered=True)
+    least = getattr(cfg, "min_input_size", None) if cfg is not None else None
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)[-2:]
+    if least and (int(size[0]) < least[-2] or int(size[-1]) < least[-1]):
+        raise ValueError(f"{variant}: img_size {img_size} is smaller than its min_input_size {least[-2]}x{least[-1]} pixels")
 
 
 def _takes_kwarg(model_cls, name: str) -> bool:
