@@ -472,8 +472,8 @@ def test_deit_head_reads_class_token_and_taps():
     x = torch.randn(2, 3, 50, 70)
     with torch.no_grad():
         f = m.forward_features(x)
-        assert f.shape == (2, 24, 1, 1 + 4 * 5)
-        torch.testing.assert_close(m(x), m.head.fc(f[:, :, 0, 0]))
+        assert f.shape == (2, 1 + 4 * 5, 24)  # (B, 1 + h*w, C), class token first, as timm's DeiT
+        torch.testing.assert_close(m(x), m.head.fc(f[:, 0]))
         taps = m.forward_intermediates(x, intermediates_only=True)
         assert [t.shape for t in taps] == [(2, 24, 4, 5)] * 3
 

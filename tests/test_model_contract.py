@@ -15,6 +15,7 @@ import timm
 import torch
 
 import visionattn
+from visionattn.models._backbone import PlainBackbone
 
 HERE = os.path.dirname(__file__)
 PARAMS = {k: v for k, v in json.load(open(os.path.join(HERE, "data", "param_counts.json"))).items() if not k.startswith("_")}
@@ -24,6 +25,11 @@ REAL_MAX_PARAMS = 60e6
 
 def _family(name):
     return timm.models._registry._model_to_module[name]
+
+
+def _plain(m):
+    """A plain (isotropic) model, shaped like timm's VisionTransformer."""
+    return isinstance(m, PlainBackbone)
 
 
 def _meta_params(name, **kw):
@@ -72,10 +78,14 @@ def test_parameter_count_matches_official(name):
 def test_pretrained_cfg_complete(name):
     cfg = timm.models.get_pretrained_cfg(name)
     assert cfg is not None, f"{name} has no pretrained cfg"
-    for field in ("input_size", "pool_size", "crop_pct", "interpolation", "mean", "std", "first_conv", "classifier", "license", "origin_url"):
-        assert getattr(cfg, field, None), f"{name}: pretrained cfg lacks {field}"
     with torch.device("meta"):
         m = timm.create_model(name)
+    # plain (ViT-like) models have no pooled map: pool_size None, as timm's ViT cfgs
+    fields = ("input_size", "min_input_size", "crop_pct", "interpolation", "mean", "std", "first_conv", "classifier", "license", "origin_url")
+    for field in fields + (() if _plain(m) else ("pool_size",)):
+        assert getattr(cfg, field, None), f"{name}: pretrained cfg lacks {field}"
+    if _plain(m):
+        assert cfg.pool_size is None
     sd = m.state_dict()
     assert cfg.first_conv + ".weight" in sd and cfg.classifier + ".weight" in sd
     tags = timm.models.get_arch_pretrained_cfgs(name)
@@ -95,7 +105,10 @@ def test_meta_forward_shapes_default_and_odd_size(name):
             assert m(x).shape == (2, 11)
             feats, inter = m.forward_intermediates(x)
             assert feats.shape == m.forward_features(x).shape
-            if tuple(hw) == tuple(cfg.input_size[1:]):
+            if _plain(m):
+                r = m.feature_info[-1]["reduction"]
+                assert feats.shape == (2, m.num_prefix_tokens + -(-hw[0] // r) * -(-hw[1] // r), m.num_features)
+            elif tuple(hw) == tuple(cfg.input_size[1:]):
                 assert tuple(feats.shape[-2:]) == tuple(cfg.pool_size) and feats.shape[1] == m.num_features
             assert len(inter) == len(m.feature_info)
             for t, info in zip(inter, m.feature_info):
@@ -130,7 +143,7 @@ def test_real_forward_features_head_and_checkpointing(name):
         assert m(x).shape == (2, m.num_features)
     m.reset_classifier(0, "")
     with torch.no_grad():
-        assert m(x).dim() == 4
+        assert m(x).dim() == (3 if _plain(m) else 4)  # plain models: the (B, P + N, C) tokens, as timm's ViT
 
 
 @pytest.mark.parametrize("name", REAL)
@@ -302,3 +315,178 @@ def test_compile_without_graph_breaks(name):
         for size in (TRACE_SIZE, (1, 3, 64, 64)):
             x = torch.randn(*size)
             torch.testing.assert_close(compiled(x), m(x), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input and memory formats (issues #13.7, #19.2)
+
+
+def _expected_taps(m, B, hw):
+    return [(B, info["num_chs"], -(-hw[0] // info["reduction"]), -(-hw[1] // info["reduction"])) for info in m.feature_info]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_empty_batch_meta(name):
+    """0 images give empty outputs of the usual shapes (inference and training), for every model."""
+    with torch.device("meta"):
+        m = timm.create_model(name, num_classes=7)
+        x = torch.empty(0, 3, 64, 96)
+        for training in (False, True):
+            m.train(training)
+            assert m(x).shape == (0, 7)
+        m.eval()
+        feats, inter = m.forward_intermediates(x)
+        assert feats.shape[0] == 0 and feats.shape[1:] == m.forward_features(torch.empty(1, 3, 64, 96)).shape[1:]
+        assert [tuple(t.shape) for t in inter] == _expected_taps(m, 0, (64, 96))
+
+
+@pytest.mark.parametrize("name", sorted(SMALLEST.values()))
+def test_empty_batch_real_train_and_features_only(name):
+    m = timm.create_model(name, num_classes=7).train()
+    x = torch.randn(0, 3, 64, 96, requires_grad=True)
+    y = m(x)
+    assert y.shape == (0, 7)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    f = timm.create_model(name, features_only=True).eval()
+    with torch.no_grad():
+        outs = f(torch.randn(0, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == [
+        (0, c, -(-64 // r), -(-96 // r)) for c, r in zip(f.feature_info.channels(), f.feature_info.reduction())
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(SMALLEST.values()))
+def test_integer_images_raise_a_clear_error(name):
+    m = timm.create_model(name).eval()
+    with pytest.raises(TypeError, match="floating-point images.*uint8"):
+        m(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="floating-point images"):
+        m.forward_intermediates(torch.zeros(1, 3, 64, 64, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_channels_last_conversion_meta(name):
+    """Every model (the heavy ones too) converts to channels_last keeping its parameter shapes."""
+    with torch.device("meta"):
+        m = timm.create_model(name, num_classes=3)
+        shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+        m = m.to(memory_format=torch.channels_last)
+        assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == shapes
+        assert m(torch.empty(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)).shape == (1, 3)
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_channels_last_input_and_model_give_identical_outputs(name):
+    """``x.to(memory_format=channels_last)`` and ``model.to(memory_format=channels_last)`` (timm's
+    ``--channels-last``) change strides only: same outputs, same parameters and state-dict shapes."""
+    torch.manual_seed(0)
+    m = timm.create_model(name).eval()
+    x = torch.randn(2, 3, 64, 80)
+    shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    params = {k: id(p) for k, p in m.named_parameters()}
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = m(x)
+        torch.testing.assert_close(m(xc), ref, rtol=1e-5, atol=1e-5)
+        m = m.to(memory_format=torch.channels_last)
+        assert {k: id(p) for k, p in m.named_parameters()} == params
+        assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == shapes
+        torch.testing.assert_close(m(xc), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# img_size= everywhere, min_input_size in the cfgs (issue #19.10)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_img_size_accepted_and_min_input_size(name):
+    """``img_size=`` is accepted by every model and recorded in its cfg; ``min_input_size`` is the
+    smallest size that runs (one pixel less raises the ValueError naming the minimum)."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    with torch.device("meta"):
+        m = timm.create_model(name, img_size=256, num_classes=3)
+        assert m.pretrained_cfg["input_size"] == (3, 256, 256)
+        f = m.forward_features(torch.empty(1, 3, 256, 256))
+        if not _plain(m):
+            assert tuple(f.shape[-2:]) == tuple(m.pretrained_cfg["pool_size"])
+        mn = cfg.min_input_size
+        assert mn is not None and mn[0] == 3 and mn[1] == mn[2] == m.min_input_size, f"{name}: min_input_size {mn}"
+        assert m(torch.empty(2, 3, mn[1], mn[2])).shape == (2, 3)
+        with pytest.raises(ValueError, match="smaller than the minimum"):
+            m(torch.empty(1, 3, mn[1] - 1, mn[2]))
+        with pytest.raises(ValueError, match="smaller than its min_input_size"):
+            timm.create_model(name, img_size=mn[1] - 1)
+    with torch.device("meta"):
+        feat = timm.create_model(name, img_size=(192, 192), features_only=True)  # (H, W) as timm's save_for_hf writes it
+    assert feat.pretrained_cfg["input_size"] == (3, 192, 192)
+
+
+@pytest.mark.parametrize("name", sorted(SMALLEST.values()))
+def test_runs_at_min_input_size(name):
+    m = timm.create_model(name, num_classes=3).eval()
+    s = timm.models.get_pretrained_cfg(name).min_input_size
+    with torch.no_grad():
+        assert torch.isfinite(m(torch.randn(1, *s))).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Plain models shaped like timm's VisionTransformer (issue #19.4)
+
+PLAIN = [n for n in MODELS if n.startswith(("agent_deit_", "nat_isotropic_", "dinat_isotropic_", "vitrpb_"))]
+
+
+def _layout(out, width):
+    """Nested structure of an output: container types and tensor shapes, the model width as 'C'."""
+    if isinstance(out, torch.Tensor):
+        return tuple("C" if d == width else d for d in out.shape)
+    return (type(out).__name__, [_layout(o, width) for o in out])
+
+
+@pytest.mark.parametrize("name", PLAIN)
+def test_plain_models_follow_timm_vit_layout(name):
+    """Same layout as timm's own ViT/DeiT on the same input: tokens ``(B, P + N, C)`` from
+    forward_features, NCHW and NLC intermediates, prefix tokens on request, pool_size None."""
+    with torch.device("meta"):
+        m = timm.create_model(name, num_classes=5)
+        vit = timm.create_model("vit_tiny_patch16_224", num_classes=5, class_token=m.num_prefix_tokens == 1,
+                                global_pool="token" if m.num_prefix_tokens else "avg", dynamic_img_size=True)
+        assert _plain(m) and m.num_prefix_tokens in (0, 1) and m.global_pool == vit.global_pool
+        x = torch.empty(2, 3, 96, 128)
+        ours, ref = m.forward_features(x), vit.forward_features(x)
+        assert ours.shape[:2] == ref.shape[:2] and ours.shape[2] == m.num_features
+        assert m.forward_head(ours, pre_logits=True).shape == (2, m.head_hidden_size)
+        assert m(x).shape == vit(x).shape
+        for fmt in ("NCHW", "NLC"):
+            for prefix in (False, True):
+                a = m.forward_intermediates(x, indices=2, output_fmt=fmt, return_prefix_tokens=prefix, intermediates_only=True)
+                b = vit.forward_intermediates(x, indices=2, output_fmt=fmt, return_prefix_tokens=prefix, intermediates_only=True)
+                assert _layout(a, m.num_features) == _layout(b, vit.num_features), (fmt, prefix)
+        with pytest.raises(ValueError, match="output_fmt"):
+            m.forward_intermediates(x, output_fmt="NHWC")
+    assert timm.models.get_pretrained_cfg(name).pool_size is None
+
+
+@pytest.mark.parametrize("name", sorted({n for n in PLAIN if _SIZES[n] <= REAL_FAST_MAX_PARAMS}))
+def test_plain_model_tokens_real(name):
+    """The class token is ``feats[:, 0]`` (what the head reads), ``'avg'`` pools the patch tokens
+    only, and NLC / NCHW intermediates are the same patch tokens as the final ones."""
+    torch.manual_seed(0)
+    m = timm.create_model(name, num_classes=5).eval()
+    x = torch.randn(2, 3, 48, 80)
+    P = m.num_prefix_tokens
+    with torch.no_grad():
+        f = m.forward_features(x)
+        assert f.shape == (2, P + 3 * 5, m.num_features)
+        pooled = f[:, 0] if m.global_pool == "token" else f[:, P:].mean(1)
+        torch.testing.assert_close(m(x), m.head.fc(pooled))
+        nlc = m.forward_intermediates(x, indices=1, norm=True, output_fmt="NLC", return_prefix_tokens=True, intermediates_only=True)
+        patches = nlc[0][0] if P else nlc[0]
+        torch.testing.assert_close(patches, f[:, P:])
+        if P:
+            torch.testing.assert_close(nlc[0][1], f[:, :P])
+        nchw = m.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)[0]
+        torch.testing.assert_close(nchw, f[:, P:].reshape(2, 3, 5, -1).permute(0, 3, 1, 2))
+        m.reset_classifier(0, "avg")
+        torch.testing.assert_close(m(x), f[:, P:].mean(1))

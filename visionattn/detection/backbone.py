@@ -12,7 +12,10 @@ P6 from C5 as mmdet's ``add_extra_convs='on_input'``).
 Plain (isotropic) models whose taps all have stride 16 (``agent_deit_*``, ``nat_isotropic_*``,
 ``dinat_isotropic_*``, ``vitrpb_*``) get ViTDet's simple feature pyramid (Li et al., "Exploring
 Plain Vision Transformer Backbones for Object Detection", ECCV 2022, §3: deconvolutions for
-strides 4 and 8, identity for 16, max-pool for 32) on their last tap.
+strides 4 and 8, identity for 16, max-pool for 32) on their last tap. That tap is the last block's
+patch tokens as an NCHW map (``features_only`` / ``forward_intermediates(output_fmt='NCHW')``,
+prefix tokens such as Agent-DeiT's class token dropped), not ``forward_features``, whose plain-model
+layout is timm's ViT token sequence ``(B, num_prefix_tokens + h*w, C)``.
 
 The result satisfies torchvision's detection-backbone contract: ``forward(images)`` returns an
 ``OrderedDict[str, Tensor]`` of NCHW maps with ``out_channels`` channels each, keys ``'0'..``

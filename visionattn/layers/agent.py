@@ -218,6 +218,34 @@ class AgentAttention(nn.Module):
         for name in names:
             trunc_normal_(getattr(self, name), std=0.02)
 
+    def _apply(self, fn, recurse: bool = True):
+        """``nn.Module._apply`` with the 5-D row/column tables handed to ``fn`` as 4-D views.
+
+        ``Module.to(memory_format=torch.channels_last)`` (timm's ``--channels-last``) passes every
+        4-D *and 5-D* tensor to ``Tensor.to(memory_format=...)``, which refuses rank 5 for
+        ``channels_last``. The official tables ``ah/aw/ha/wa_bias`` are ``(1, ...)`` 5-D, so for the
+        conversion they (and their gradients) are viewed without the leading 1 and restored after:
+        the parameter objects, their official shapes and the state-dict layout are unchanged, and
+        any other conversion (device, dtype) gives the same values as on the 5-D tensors.
+        """
+        tables = [
+            p for p in (self._parameters.get(k) for k in _AXES)
+            if p is not None and p.dim() == 5 and p.shape[0] == 1 and type(p.data) is torch.Tensor
+        ]
+        with torch.no_grad():
+            for p in tables:
+                p.data = p.data[0]
+                if p.grad is not None:
+                    p.grad.data = p.grad.data[0]
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            with torch.no_grad():
+                for p in tables:
+                    p.data = p.data.unsqueeze(0)
+                    if p.grad is not None and p.grad.dim() == 4:
+                        p.grad.data = p.grad.data.unsqueeze(0)
+
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, agent_num={self.agent_num}, resolution={self.resolution}, "

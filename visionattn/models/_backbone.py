@@ -10,6 +10,8 @@ Every family composes this scaffolding; it implements timm's model contract (tim
 
 Layouts: images enter NCHW; tokens travel NHWC ``(B, H, W, C)`` between stem, stages and norm;
 ``forward_features`` and every intermediate are handed out NCHW (``output_fmt = 'NCHW'``).
+:class:`PlainBackbone` (the isotropic, ViT-like models) follows timm's ``VisionTransformer``
+instead: ``forward_features`` gives ``(B, num_prefix_tokens + N, C)`` tokens, intermediates NCHW or NLC.
 """
 # (no ``from __future__ import annotations`` here: FX copies ``forward``'s annotations into the
 # GraphModule's code, which TorchScript must then parse: ``torch.jit.script`` of an FX graph)
@@ -19,9 +21,10 @@ import torch
 from torch import nn
 from timm.layers import ClassifierHead, register_notrace_function, trunc_normal_
 from timm.models import checkpoint_seq
+from torch.utils.checkpoint import checkpoint
 from timm.models._features import feature_take_indices
 
-__all__ = ["Stage", "HierarchicalBackbone", "drop_path_rates", "per_stage", "init_weights"]
+__all__ = ["Stage", "HierarchicalBackbone", "PlainBackbone", "TokenHead", "drop_path_rates", "per_stage", "init_weights"]
 
 
 def drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> List[List[float]]:
@@ -66,6 +69,13 @@ def _check_image(x: torch.Tensor, min_size: int, model_name: str) -> None:
     """The input checks of :meth:`HierarchicalBackbone._check_input` (a leaf of FX graphs: sizes are known at run time only)."""
     if x.dim() != 4:
         raise ValueError(f"{model_name} expects images of shape (B, C, H, W); got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{model_name} expects floating-point images (float32/float16/bfloat16, normalised "
+            f"with the pretrained cfg's mean/std, as timm's transforms produce); got {x.dtype}. "
+            "Convert e.g. uint8 images with timm.data.create_transform(**timm.data.resolve_data_config(model=model)) "
+            "or (x.float() / 255 - mean) / std"
+        )
     if x.shape[-2] < min_size or x.shape[-1] < min_size:
         raise ValueError(
             f"{model_name}: input {tuple(x.shape[-2:])} is smaller than the minimum "
@@ -120,6 +130,10 @@ class HierarchicalBackbone(nn.Module):
 
     Raises:
         ValueError: inputs that are not ``(B, C, H, W)`` or smaller than ``min_input_size``.
+        TypeError: inputs that are not floating point (e.g. uint8 images: normalise them first).
+
+    An empty batch ``(0, C, H, W)`` gives empty outputs of the usual shapes (``(0, num_classes)``,
+    ``(0, C_i, h_i, w_i)`` taps), in inference and in training.
     """
 
     output_fmt = "NCHW"
@@ -282,3 +296,167 @@ class HierarchicalBackbone(nn.Module):
             # (parameters left without gradients would make DDP fail)
             self.reset_classifier(0, "", reset_other=True)
         return take_indices
+
+
+class TokenHead(nn.Module):
+    """Classifier head on a token sequence ``(B, P + N, C)`` (timm ``VisionTransformer``'s pooling).
+
+    ``pool_type``: ``'token'`` (the first prefix token: DeiT's class token; needs ``P >= 1``),
+    ``'avg'`` / ``'max'`` / ``'avgmax'`` (over the ``N`` patch tokens, prefix tokens excluded) or
+    ``''`` (no pooling: the classifier, if any, applies to every token). timm's head API:
+    ``forward(x, pre_logits)``, ``reset(num_classes, pool_type, reset_other, in_features)``.
+
+    Keys: ``fc``. Raises ValueError for an unknown pool type, or ``'token'`` without prefix tokens.
+    """
+
+    POOL_TYPES = ("token", "avg", "max", "avgmax", "")
+
+    def __init__(self, in_features: int, num_classes: int, pool_type: str = "token", drop_rate: float = 0.0, num_prefix_tokens: int = 1):
+        super().__init__()
+        self.in_features = self.num_features = in_features
+        self.num_prefix_tokens = num_prefix_tokens
+        self.drop = nn.Dropout(drop_rate)
+        self.reset(num_classes, pool_type)
+
+    def reset(self, num_classes: int, pool_type: Optional[str] = None, reset_other: bool = False, in_features: Optional[int] = None) -> None:
+        if in_features is not None:
+            self.in_features = self.num_features = in_features
+        if pool_type is not None:
+            if pool_type not in self.POOL_TYPES:
+                raise ValueError(f"TokenHead: pool_type must be one of {self.POOL_TYPES}, got {pool_type!r}")
+            if pool_type == "token" and not self.num_prefix_tokens:
+                raise ValueError("TokenHead: pool_type='token' needs a prefix (class) token; this model has none (use 'avg')")
+            self.pool_type = pool_type
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.pool_type == "token":
+            x = x[:, 0]
+        elif self.pool_type:
+            patches = x[:, self.num_prefix_tokens :]
+            if self.pool_type == "avg":
+                x = patches.mean(1)
+            elif self.pool_type == "max":
+                x = patches.amax(1)
+            else:
+                x = 0.5 * (patches.mean(1) + patches.amax(1))
+        x = self.drop(x)
+        return x if pre_logits else self.fc(x)
+
+
+class PlainBackbone(HierarchicalBackbone):
+    """A plain (isotropic, ViT-like) backbone with timm's ``VisionTransformer`` contract.
+
+    One resolution (stride ``patch_size``) throughout; each block is its own stage (a feature tap
+    after every block, ``feature_info`` as timm's ViT). Unlike :class:`HierarchicalBackbone`:
+
+    * ``forward_features``: ``(B, in_chans, H, W) -> (B, P + h*w, C)`` normalised tokens (NLC,
+      the ``P = num_prefix_tokens`` prefix tokens first, patch tokens row-major, ``h, w = ceil(H/p),
+      ceil(W/p)``), so ``feats[:, 0]`` is the class token where there is one, as in timm;
+    * ``forward_head`` pools that sequence (:class:`TokenHead`: ``global_pool`` ``'token'``,
+      ``'avg'``, ``'max'``, ``'avgmax'`` or ``''``, which returns the tokens);
+    * ``forward_intermediates(..., return_prefix_tokens=False, output_fmt='NCHW' | 'NLC')`` as
+      timm's ViT: patch tokens as ``(B, C, h, w)`` maps or ``(B, h*w, C)`` sequences, and with
+      ``return_prefix_tokens`` (and ``P > 0``) a list of ``(patch_tokens, prefix_tokens (B, P, C))`` pairs.
+      ``features_only=True`` and the detection adapters read the NCHW taps.
+
+    The pretrained cfgs carry ``pool_size=None`` (as timm's ViT). ``output_fmt`` stays ``'NCHW'``:
+    it describes the feature taps (timm's ViT has no other), not ``forward_features``.
+
+    Subclasses provide :meth:`_embed` (image -> the token state and the grid ``(h, w)``), and may
+    override :meth:`_sequence` (state -> ``(B, P + N, C)``). Each stage's blocks are called as
+    ``block(x, grid)`` (a sequence mixer reads the grid, a map mixer ignores it).
+    """
+
+    def __init__(self, stem, stages, dim, reduction, num_classes=1000, global_pool="avg", drop_rate=0.0, num_prefix_tokens=0, **kwargs):
+        super().__init__(
+            stem,
+            stages,
+            [dim] * len(stages),
+            [reduction] * len(stages),
+            num_classes=num_classes,
+            global_pool=global_pool,
+            drop_rate=drop_rate,
+            head=TokenHead(dim, num_classes, global_pool, drop_rate, num_prefix_tokens=num_prefix_tokens),
+            **kwargs,
+        )
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        x = self.stem(x)  # (B, h, w, C)
+        return x, (x.shape[1], x.shape[2])
+
+    def _sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """The token state as ``(B, P + N, C)`` (default: NHWC tokens flattened row-major)."""
+        return x.flatten(1, 2) if x.dim() == 4 else x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W) -> (B, num_prefix_tokens + h*w, C)``: normalised tokens (NLC)."""
+        self._check_input(x)
+        x, grid = self._embed(x)
+        for stage in self.stages:  # inline (TorchScript takes no module arguments); grid for sequence mixers
+            x = stage.downsample(x)
+            for blk in stage.blocks:
+                if stage.grad_checkpointing and not torch.jit.is_scripting():
+                    x = checkpoint(blk, x, grid, use_reentrant=False)
+                else:
+                    x = blk(x, grid)
+        return self.norm(self._sequence(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """Patch tokens after selected blocks (timm ``VisionTransformer.forward_intermediates``).
+
+        Args:
+            x: ``(B, in_chans, H, W)`` images.
+            indices: taps to return (None: all; int n: the last n; negatives allowed).
+            return_prefix_tokens: return ``(patch_tokens, prefix_tokens)`` pairs (prefix ``(B, P, C)``;
+                as timm, plain tensors when the model has no prefix tokens).
+            norm: apply the final norm to the last block's tap.
+            stop_early: stop after the last requested block.
+            output_fmt: ``'NCHW'`` (``(B, C, h, w)`` maps) or ``'NLC'`` (``(B, h*w, C)``).
+            intermediates_only: return only the list.
+
+        Returns:
+            the list, or ``(final_features, list)`` with ``final_features`` = :meth:`forward_features`.
+
+        Raises:
+            ValueError: another ``output_fmt``, or images :meth:`_check_input` refuses.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"forward_intermediates: output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        self._check_input(x)
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        x, (h, w) = self._embed(x)
+        P = self.num_prefix_tokens
+        last = len(self.stages) - 1
+        stages = self.stages if (torch.jit.is_scripting() or not stop_early) else self.stages[: max_index + 1]
+        intermediates: List = []
+        for i, stage in enumerate(stages):
+            x = stage.downsample(x)
+            for blk in stage.blocks:
+                if stage.grad_checkpointing and not torch.jit.is_scripting():
+                    x = checkpoint(blk, x, (h, w), use_reentrant=False)
+                else:
+                    x = blk(x, (h, w))
+            if i in take_indices:
+                t = self._sequence(x)
+                if norm and i == last:
+                    t = self.norm(t)
+                B, _, C = t.shape
+                patches = t[:, P:]
+                if output_fmt == "NCHW":
+                    patches = patches.reshape(B, h, w, C).permute(0, 3, 1, 2)
+                intermediates.append((patches, t[:, :P]) if (return_prefix_tokens and P) else patches)
+        if intermediates_only:
+            return intermediates
+        return self.norm(self._sequence(x)), intermediates

@@ -2,10 +2,11 @@
 :mod:`visionattn.models._hub`), ``checkpoint_path=`` through the same reader, and strict checkpoint remapping."""
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
-from timm.models import build_model_with_cfg, is_model
+from timm.models import build_model_with_cfg, get_pretrained_cfg, is_model
 from timm.models import register_model as _timm_register_model
 
 __all__ = [
@@ -63,19 +64,29 @@ def build_model(
     pass ``out_indices``, default ``out_indices``). With ``pretrained=True`` the weights are read
     by :mod:`visionattn.models._hub` whatever their source (see :func:`_build_pretrained`).
 
+    ``img_size`` (int or ``(H, W)``) is accepted by every model: models built for a resolution
+    (tables, windows, position embeddings) take it as an argument; the others run at any size and
+    ignore it. Either way the returned model's pretrained cfg records it as ``input_size`` (and
+    ``pool_size`` scaled alike), so timm's ``resolve_data_config(model=model)`` follows it.
+
     Raises:
         PretrainedDownloadError: every source of the tag's weights failed (each listed).
         CheckpointFileError: an unreadable, corrupted, unsafe or non-finite checkpoint (named).
         CheckpointKeyError: the checkpoint does not fit the architecture (keys listed).
     """
+    user_size = (kwargs or {}).get("img_size")
     kwargs = {**(defaults or {}), **(kwargs or {})}
     taps = kwargs.pop("out_indices", out_indices)
     size = kwargs.get("img_size")
     if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
         # timm's save_for_hf records img_size as (H, W); our square-size models take one int
         kwargs["img_size"] = int(size[0])
+    if user_size is not None:
+        _check_img_size(variant, user_size)
+    if "img_size" in kwargs and not _takes_kwarg(model_cls, "img_size"):
+        kwargs.pop("img_size")  # any-size model: img_size only sets the pretrained cfg's input_size (below)
     if not pretrained:
-        return build_model_with_cfg(
+        model = build_model_with_cfg(
             model_cls,
             variant,
             pretrained,
@@ -83,7 +94,11 @@ def build_model(
             feature_cfg=dict(flatten_sequential=True, out_indices=taps, feature_cls="getter"),
             **kwargs,
         )
-    return _build_pretrained(model_cls, variant, filter_fn, taps, kwargs)
+    else:
+        model = _build_pretrained(model_cls, variant, filter_fn, taps, kwargs)
+    if user_size is not None:
+        _set_cfg_input_size(model, user_size)
+    return model
 
 
 #: Stands in for the state dict in the cfg handed to timm, so timm's own file / URL / Hub readers
@@ -187,6 +202,40 @@ def _install_checkpoint_path_hook() -> None:
 
 _timm_load_checkpoint = None
 _install_checkpoint_path_hook()
+
+
+def _check_img_size(variant: str, img_size) -> None:
+    """Refuse an ``img_size`` below the variant's ``min_input_size`` (its pretrained cfg), by name."""
+    cfg = get_pretrained_cfg(variant, allow_unregistered=True)
+    least = getattr(cfg, "min_input_size", None) if cfg is not None else None
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)[-2:]
+    if least and (int(size[0]) < least[-2] or int(size[-1]) < least[-1]):
+        raise ValueError(f"{variant}: img_size {img_size} is smaller than its min_input_size {least[-2]}x{least[-1]} pixels")
+
+
+def _takes_kwarg(model_cls, name: str) -> bool:
+    """Whether ``model_cls(...)`` accepts ``name`` (named, or passed on through ``**kwargs``)."""
+    params = inspect.signature(model_cls).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _set_cfg_input_size(model, img_size) -> None:
+    """Record a user's ``img_size=`` in the model's pretrained cfg (``input_size``, and ``pool_size``
+    scaled by the cfg's own ``input_size / pool_size`` stride), so that
+    ``timm.data.resolve_data_config(model=model)`` preprocesses at that size."""
+    h, w = (int(img_size), int(img_size)) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[-1]))
+    for obj in (model, getattr(model, "model", None)):
+        cfg = getattr(obj, "pretrained_cfg", None)
+        if not isinstance(cfg, Mapping) or not cfg.get("input_size"):
+            continue
+        cfg = dict(cfg)
+        old = cfg["input_size"]
+        pool = cfg.get("pool_size")
+        if pool:
+            rh, rw = old[-2] // pool[0], old[-1] // pool[1]
+            cfg["pool_size"] = (-(-h // rh), -(-w // rw))
+        cfg["input_size"] = (old[0], h, w)
+        obj.pretrained_cfg = obj.default_cfg = cfg
 
 
 class CheckpointKeyError(KeyError):

@@ -37,11 +37,11 @@ at another resolution, so e.g. the 224 weights load strictly into ``agent_swin_s
 give exactly the 224 model's outputs at 288. Swin window blocks keep their window (and its
 relative position table) and pad the map to a multiple of it (padded keys masked).
 
-Agent-DeiT's ``forward_features`` returns the normalised token sequence as an NCHW map of one row,
-``(B, C, 1, 1 + h*w)`` with the class token first (``pool_size = (1, 197)`` at 224), so that
-``forward_head`` can read the class token (``global_pool='token'``, the official head; ``'avg'``
-averages the patch tokens); its feature taps (``forward_intermediates``, ``features_only``) are
-the usual NCHW patch maps ``(B, C, ceil(H/16), ceil(W/16))``, one per block.
+Agent-DeiT follows timm's ``VisionTransformer`` contract: ``forward_features`` returns the
+normalised tokens ``(B, 1 + h*w, C)`` with the class token first (``feats[:, 0]``), which
+``forward_head`` reads (``global_pool='token'``, the official head; ``'avg'`` averages the patch
+tokens); its feature taps (``forward_intermediates``, ``features_only``) are the patch tokens as
+NCHW maps ``(B, C, ceil(H/16), ceil(W/16))`` (or NLC), one per block.
 
 @article{han2023agent, title={Agent Attention: On the Integration of Softmax and Linear Attention},
   author={Han, Dongchen and Ye, Tianzhu and Han, Yizeng and Xia, Zhuofan and Pan, Siyuan and Wan,
@@ -51,14 +51,13 @@ from __future__ import annotations
 
 import re
 from functools import partial
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from timm.layers import Attention, resample_abs_pos_embed, trunc_normal_
 from timm.models import generate_default_cfgs
-from timm.models._features import feature_take_indices
 
 from ..layers.agent import AgentAttention, resize_agent_bias
 from ..layers.block import TransformerBlock
@@ -66,7 +65,7 @@ from ..layers.conv import PatchEmbed, PatchMerging
 from ..layers.pos import resize_rel_pos_table
 from ..layers.window import WindowAttention
 from . import cswin as _cswin
-from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights, per_stage
+from ._backbone import HierarchicalBackbone, PlainBackbone, Stage, TokenHead, drop_path_rates, init_weights, per_stage
 from ._manifest import family_cfg, manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
@@ -192,48 +191,12 @@ class AgentPVT(HierarchicalBackbone):
 # Agent-DeiT
 
 
-class TokenHead(nn.Module):
-    """Classifier head on a token sequence given as a one-row NCHW map ``(B, C, 1, P + N)``.
-
-    ``pool_type``: ``'token'`` (the first prefix token: DeiT's class token), ``'avg'`` (mean of the
-    ``N`` patch tokens), ``''`` (no pooling; the map is returned, classifier must be 0). timm's head
-    API: ``forward(x, pre_logits)``, ``reset(num_classes, pool_type, reset_other, in_features)``.
-
-    Keys: ``fc``. Raises ValueError for an unknown pool type or ``''`` with a classifier.
-    """
-
-    def __init__(self, in_features: int, num_classes: int, pool_type: str = "token", drop_rate: float = 0.0, num_prefix_tokens: int = 1):
-        super().__init__()
-        self.in_features = in_features
-        self.num_prefix_tokens = num_prefix_tokens
-        self.drop = nn.Dropout(drop_rate)
-        self.reset(num_classes, pool_type)
-
-    def reset(self, num_classes: int, pool_type: Optional[str] = None, reset_other: bool = False, in_features: Optional[int] = None) -> None:
-        if in_features is not None:
-            self.in_features = in_features
-        if pool_type is not None:
-            if pool_type not in ("token", "avg", ""):
-                raise ValueError(f"TokenHead: pool_type must be 'token', 'avg' or '', got {pool_type!r}")
-            self.pool_type = pool_type
-        if self.pool_type == "" and num_classes:
-            raise ValueError("TokenHead: global_pool='' needs num_classes=0")
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.in_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.pool_type == "token":
-            x = x[:, :, 0, 0]
-        elif self.pool_type == "avg":
-            x = x[:, :, 0, self.num_prefix_tokens :].mean(-1)
-        x = self.drop(x)
-        return x if pre_logits else self.fc(x)
-
-
-class AgentDeiT(HierarchicalBackbone):
+class AgentDeiT(PlainBackbone):
     """Agent-DeiT: DeiT with agent attention (class token kept out of the pooling and the DWC).
 
-    Each block is its own stage (feature taps after every block at stride 16, as timm's ViT).
+    Each block is its own stage (feature taps after every block at stride 16, as timm's ViT), and
+    the model is shaped like timm's ``VisionTransformer``
+    (:class:`~visionattn.models._backbone.PlainBackbone`, ``num_prefix_tokens = 1``).
 
     Args:
         img_size: training resolution (sizes ``pos_embed`` and the agent bias tables).
@@ -245,8 +208,9 @@ class AgentDeiT(HierarchicalBackbone):
             DeiT attention (None: all; Agent-DeiT-B: 4).
         drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate: dropouts / stochastic depth.
 
-    Shapes: ``(B, in_chans, H, W)``, ``H, W >= 16``; ``forward_features`` ``(B, C, 1, 1 + h*w)``
-    with ``h, w = ceil(H/16), ceil(W/16)``; taps ``(B, C, h, w)``.
+    Shapes: ``(B, in_chans, H, W)``, ``H, W >= 16``; ``forward_features`` ``(B, 1 + h*w, C)``
+    (class token first, as timm's DeiT) with ``h, w = ceil(H/16), ceil(W/16)``; taps
+    ``(B, C, h, w)`` (or ``(B, h*w, C)`` with ``output_fmt='NLC'``).
     """
 
     def __init__(
@@ -286,20 +250,19 @@ class AgentDeiT(HierarchicalBackbone):
         super().__init__(
             PatchEmbed(in_chans, embed_dim, patch_size, norm_layer=None),
             stages,
-            [embed_dim] * depth,
-            [patch_size] * depth,
+            embed_dim,
+            patch_size,
             num_classes=num_classes,
             global_pool=global_pool,
             drop_rate=drop_rate,
+            num_prefix_tokens=1,
             norm_layer=_LN6,
             min_input_size=patch_size,
             no_weight_decay_keywords=("pos_embed", "cls_token"),
-            head=TokenHead(embed_dim, num_classes, global_pool, drop_rate),
         )
         self.img_size = img_size
         self.patch_size = patch_size
         self.grid = (g, g)
-        self.num_prefix_tokens = 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + g * g, embed_dim))
         trunc_normal_(self.pos_embed, std=0.02)
@@ -313,60 +276,12 @@ class AgentDeiT(HierarchicalBackbone):
         return m
 
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Images -> ``(B, 1 + h*w, C)`` tokens (class token, then patches + position embedding)."""
         x = self.stem(x)  # (B, h, w, C)
         B, h, w, C = x.shape
         pos = resample_abs_pos_embed(self.pos_embed, [h, w], list(self.grid), num_prefix_tokens=1, interpolation="bicubic", antialias=False)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x.reshape(B, h * w, C)], dim=1) + pos
         return x, (h, w)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_chans, H, W) -> (B, C, 1, 1 + h*w)``: normalised tokens, class token first."""
-        self._check_input(x)
-        x, grid = self._embed(x)
-        for stage in self.stages:  # (TorchScript: no module arguments, so each stage's one block is run inline)
-            for blk in stage.blocks:
-                if stage.grad_checkpointing and not torch.jit.is_scripting():
-                    x = checkpoint(blk, x, grid, use_reentrant=False)
-                else:
-                    x = blk(x, grid)
-        x = self.norm(x)
-        return x.transpose(1, 2).unsqueeze(2)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """Patch-token maps ``(B, C, h, w)`` after selected blocks (class token dropped), as timm's ViT.
-
-        Arguments as :meth:`HierarchicalBackbone.forward_intermediates`; the final features are
-        :meth:`forward_features`' ``(B, C, 1, 1 + h*w)``.
-        """
-        if output_fmt != "NCHW":
-            raise ValueError(f"forward_intermediates: output_fmt must be 'NCHW', got {output_fmt!r}")
-        self._check_input(x)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        x, (h, w) = self._embed(x)
-        B, _, C = x.shape
-        last = len(self.stages) - 1
-        stages = self.stages if (torch.jit.is_scripting() or not stop_early) else self.stages[: max_index + 1]
-        out = []
-        for i, stage in enumerate(stages):
-            for blk in stage.blocks:
-                if stage.grad_checkpointing and not torch.jit.is_scripting():
-                    x = checkpoint(blk, x, (h, w), use_reentrant=False)
-                else:
-                    x = blk(x, (h, w))
-            if i in take_indices:
-                t = self.norm(x) if (norm and i == last) else x
-                out.append(t[:, 1:].reshape(B, h, w, C).permute(0, 3, 1, 2))
-        if intermediates_only:
-            return out
-        return self.norm(x).transpose(1, 2).unsqueeze(2), out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -664,6 +579,7 @@ _ORIGIN = "https://github.com/LeapLabTHU/Agent-Attention"
 
 
 _cfg = family_cfg(
+    min_input_size=(3, 32, 32),  # smallest image side the model accepts (plain models: 16, per tag)
     crop_pct=0.875,
     crop_mode="squash",
     first_conv="stem.proj",

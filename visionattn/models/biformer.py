@@ -314,6 +314,7 @@ _ORIGIN = "https://github.com/rayleizhu/BiFormer"
 
 
 _cfg = family_cfg(
+    min_input_size=(3, 32, 32),  # smallest image side the model accepts (plain models: 16, per tag)
     crop_pct=0.875,  # datasets.py: Resize(256/224 * S, bicubic) + CenterCrop(S)
     first_conv="stem.0",
     license="mit",

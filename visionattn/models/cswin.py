@@ -324,6 +324,7 @@ _EMA_NOTE = (
 
 
 _cfg = family_cfg(
+    min_input_size=(3, 32, 32),  # smallest image side the model accepts (plain models: 16, per tag)
     crop_pct=0.9,
     first_conv="stem.conv",
     license="mit",

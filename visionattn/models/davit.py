@@ -191,6 +191,7 @@ _ORIGIN = "https://github.com/dingmyu/davit"
 
 
 _cfg = family_cfg(
+    min_input_size=(3, 32, 32),  # smallest image side the model accepts (plain models: 16, per tag)
     crop_pct=0.95,
     first_conv="stem.conv",
     license="mit",

@@ -198,6 +198,7 @@ _ORIGIN = "https://github.com/google-research/maxvit"
 
 
 _cfg = family_cfg(
+    min_input_size=(3, 32, 32),  # smallest image side the model accepts (plain models: 16, per tag)
     crop_pct=0.95,
     mean=(0.5, 0.5, 0.5),
     std=(0.5, 0.5, 0.5),

@@ -35,7 +35,7 @@ from ..layers.conv import ConvDownsampler, ConvTokenizer, PatchEmbed, PatchMergi
 from ..layers.neighborhood import NeighborhoodAttention2d
 from ..layers.pos import relative_position_index, resize_rel_pos_table
 from ..layers.window import WindowAttention
-from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights, per_stage
+from ._backbone import HierarchicalBackbone, PlainBackbone, Stage, drop_path_rates, init_weights, per_stage
 from ._manifest import family_cfg, manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
@@ -141,10 +141,13 @@ class NAT(HierarchicalBackbone):
         self.apply(init_weights)
 
 
-class NATIsotropic(HierarchicalBackbone):
+class NATIsotropic(PlainBackbone):
     """Isotropic (ViT-like) NAT / DiNAT / ViT-rpb: 16x16 patch embed, one resolution, no class token.
 
-    Each block is its own stage (taps at every block, stride 16), as timm's ViT feature taps.
+    Each block is its own stage (taps at every block, stride 16), as timm's ViT feature taps. Shaped
+    like timm's ``VisionTransformer`` (:class:`~visionattn.models._backbone.PlainBackbone`):
+    ``num_prefix_tokens = 0`` (the official models have no class token and average-pool the
+    patch tokens), ``forward_features`` gives ``(B, h*w, C)`` tokens.
 
     Args:
         embed_dim, depth, num_heads, mlp_ratio, qkv_bias, drop_rate, proj_drop_rate,
@@ -155,7 +158,8 @@ class NATIsotropic(HierarchicalBackbone):
             with a relative position bias over ``img_size // 16`` tokens per side).
         img_size: training resolution (sets the ViT-rpb bias table extent only; any input works).
 
-    Shapes: ``(B, in_chans, H, W)``, ``H, W >= 16``; features ``(B, embed_dim, ceil(H/16), ceil(W/16))``.
+    Shapes: ``(B, in_chans, H, W)``, ``H, W >= 16``; ``forward_features`` ``(B, h*w, embed_dim)``
+    and NCHW taps ``(B, embed_dim, h, w)`` with ``h, w = ceil(H/16), ceil(W/16)``.
     """
 
     def __init__(
@@ -195,11 +199,12 @@ class NATIsotropic(HierarchicalBackbone):
         super().__init__(
             PatchEmbed(in_chans, embed_dim, patch_size=16),
             stages,
-            [embed_dim] * depth,
-            [16] * depth,
+            embed_dim,
+            16,
             num_classes=num_classes,
             global_pool=global_pool,
             drop_rate=drop_rate,
+            num_prefix_tokens=0,
             min_input_size=16,
         )
         self.attention = attention
@@ -343,6 +348,7 @@ _ORIGIN = "https://github.com/SHI-Labs/Neighborhood-Attention-Transformer"
 
 
 _cfg = family_cfg(
+    min_input_size=(3, 32, 32),  # smallest image side the model accepts (plain models: 16, per tag)
     crop_pct=0.875,
     first_conv="stem.proj.0",
     license="mit",

@@ -251,7 +251,7 @@ def bra2d(
     if valid is not None:
         mask = valid[idx].view(B, 1, R, 1, kk * T).expand(B, m, R, 1, kk * T).reshape(B, m * R, 1, kk * T)
     out = F.scaled_dot_product_attention(qr.reshape(B, m * R, T, dq), kg, vg, attn_mask=mask, scale=scale)
-    return region_reverse(out.view(B, m, R, T, -1), grid)
+    return region_reverse(out.view(B, m, R, T, vr.shape[-1]), grid)
 
 
 def bra2d_reference(
@@ -276,7 +276,7 @@ def bra2d_reference(
     rid = (rows[:, None] * grid.nw + cols[None, :]).reshape(-1)  # (HW,)
     R = grid.num_regions
     count = torch.zeros(R, device=q.device, dtype=q.dtype).index_add_(0, rid, torch.ones_like(rid, dtype=q.dtype))
-    qf, kf, vf = q.reshape(B, H * W, m * dq), k.reshape(B, H * W, m * dq), v.reshape(B, H * W, m, -1)
+    qf, kf, vf = q.reshape(B, H * W, m * dq), k.reshape(B, H * W, m * dq), v.reshape(B, H * W, m, v.shape[-1])
     q_reg = torch.zeros(B, R, m * dq, dtype=q.dtype, device=q.device).index_add_(1, rid, qf.detach()) / count[:, None]
     k_reg = torch.zeros(B, R, m * dq, dtype=q.dtype, device=q.device).index_add_(1, rid, kf.detach()) / count[:, None]
     idx = topk_routing(q_reg, k_reg, topk)  # (B, R, kk)
@@ -289,7 +289,7 @@ def bra2d_reference(
     logits = (qh @ kh.transpose(-2, -1)) * scale
     logits = logits.masked_fill(~allowed[:, None], float("-inf"))
     out = logits.softmax(-1) @ vf.transpose(1, 2)
-    return out.transpose(1, 2).reshape(B, H, W, m, -1)
+    return out.transpose(1, 2).reshape(B, H, W, m, v.shape[-1])
 
 
 def bra2d_flops(H: int, W: int, heads: int, d_qk: int, d_v: int, num_regions: IntOrPair = 7, topk: int = 4, batch: int = 1) -> int:
