@@ -388,8 +388,9 @@ class PlainBackbone(HierarchicalBackbone):
         return x, (x.shape[1], x.shape[2])
 
     def _sequence(self, x: torch.Tensor) -> torch.Tensor:
-        """The token state as ``(B, P + N, C)`` (default: NHWC tokens flattened row-major)."""
-        return x.flatten(1, 2) if x.dim() == 4 else x
+        """The token state as ``(B, P + N, C)``: NHWC ``(B, h, w, C)`` tokens flattened row-major
+        (subclasses whose state is already a sequence return it; no shape test, so FX can trace it)."""
+        return x.flatten(1, 2)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W) -> (B, num_prefix_tokens + h*w, C)``: normalised tokens (NLC)."""

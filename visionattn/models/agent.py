@@ -283,6 +283,9 @@ class AgentDeiT(PlainBackbone):
         x = torch.cat([self.cls_token.expand(B, -1, -1), x.reshape(B, h * w, C)], dim=1) + pos
         return x, (h, w)
 
+    def _sequence(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # the state is already ``(B, 1 + h*w, C)``
+
 
 # ------------------------------------------------------------------------------------------------
 # Agent-Swin
