@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 import torch
 from torch import nn
 from timm.layers import ClassifierHead, register_notrace_function, trunc_normal_
+from timm.layers.helpers import get_device_dtype
 from timm.models import checkpoint_seq
 from torch.utils.checkpoint import checkpoint
 from timm.models._features import feature_take_indices
@@ -174,6 +175,15 @@ class HierarchicalBackbone(nn.Module):
         self.head = head if head is not None else ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
 
     # ---------------------------------------------------------------- timm API: misc
+    @property
+    def in_chans(self) -> int:
+        """Image channels the model takes: ``in_channels`` of the stem's first convolution
+        (timm's ``model.in_chans``, read by its factory and its default-cfg checks)."""
+        for m in self.stem.modules():
+            if isinstance(m, nn.Conv2d):
+                return m.in_channels
+        raise AttributeError(f"{type(self).__name__}: no Conv2d in the stem to read in_chans from")
+
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
         """Parameter groups for layer-wise LR decay (``timm.optim.param_groups_layer_decay``)."""
@@ -201,11 +211,13 @@ class HierarchicalBackbone(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False) -> None:
         """Replace the classifier (``num_classes=0``: Identity); ``global_pool=''`` disables pooling.
+        The new layers take the device and dtype of the model's parameters and its train/eval mode.
 
         ``reset_other=True`` also removes the head's other layers (e.g. the norm and pre-logits of
         ``NormMlpClassifierHead``) and resizes it to ``num_features`` (timm's head API
         ``reset(num_classes, pool_type, reset_other, in_features)``; used after pruning).
         """
+        dd = get_device_dtype(self)  # the new head lives where the model lives (timm's contract)
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
@@ -214,6 +226,8 @@ class HierarchicalBackbone(nn.Module):
             self.head_hidden_size = getattr(self.head, "num_features", self.num_features)
         else:
             self.head.reset(num_classes, pool_type=global_pool)
+        self.head.to(**dd)
+        self.head.train(self.training)
 
     # ---------------------------------------------------------------- forward
     def _check_input(self, x: torch.Tensor) -> None:

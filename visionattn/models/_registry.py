@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
@@ -63,6 +64,8 @@ def build_model(
     ``features_only`` served by ``forward_intermediates`` (``feature_cls='getter'``; the user may
     pass ``out_indices``, default ``out_indices``). With ``pretrained=True`` the weights are read
     by :mod:`visionattn.models._hub` whatever their source (see :func:`_build_pretrained`).
+    timm's ``device=`` / ``dtype=`` kwargs: the model is built inside ``with torch.device(device)``
+    and then swept onto ``device`` / cast to ``dtype`` by :func:`place_model` (float tensors only).
 
     ``img_size`` (int or ``(H, W)``) is accepted by every model: models built for a resolution
     (tables, windows, position embeddings) take it as an argument; the others run at any size and
@@ -76,6 +79,34 @@ def build_model(
     """
     user_size = (kwargs or {}).get("img_size")
     kwargs = {**(defaults or {}), **(kwargs or {})}
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    with torch.device(device) if device is not None else nullcontext():
+        model = _build(model_cls, variant, pretrained, filter_fn, kwargs, out_indices, user_size)
+    return place_model(model, device, dtype)
+
+
+def place_model(model: torch.nn.Module, device=None, dtype=None) -> torch.nn.Module:
+    """Put every parameter and buffer of ``model`` on ``device`` and every floating-point one in
+    ``dtype`` (timm's ``device=`` / ``dtype=`` factory kwargs; None leaves that property alone).
+
+    The model is built inside ``with torch.device(device)``, so most tensors are created there;
+    this final sweep also moves tensors made another way (e.g. index buffers computed on the CPU).
+    Integer and bool buffers (relative-position indices, masks) keep their dtype.
+
+    Raises:
+        TypeError: ``dtype`` is not a floating-point or complex dtype.
+    """
+    if dtype is not None:
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype, None) if not dtype.startswith("torch.") else getattr(torch, dtype[6:], None)
+        if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex):
+            raise TypeError(f"dtype must be a floating-point torch.dtype (e.g. torch.float32, torch.bfloat16); got {dtype!r}")
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model
+
+
+def _build(model_cls, variant: str, pretrained: bool, filter_fn: Callable, kwargs: Dict, out_indices, user_size=None):
     taps = kwargs.pop("out_indices", out_indices)
     size = kwargs.get("img_size")
     if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
@@ -285,8 +316,11 @@ def check_state_dict(
 ) -> None:
     """Verify that a converted state dict accounts for every key of ``model``.
 
-    Classifier keys may be absent or differ in shape (timm drops the classifier when
-    ``num_classes`` differs); every other key must be present with the model's shape.
+    Classifier keys may be absent, extra (``num_classes=0``) or differ in shape (timm drops the
+    classifier when ``num_classes`` differs); the input convolution(s) named by the model's ``first_conv``
+    (timm's traits / ``pretrained_cfg``, set by the factory before loading) may differ in their
+    input-channel dimension only, which timm's ``load_pretrained`` then adapts with
+    ``adapt_input_conv`` (``in_chans != 3``); every other key must be present with the model's shape.
 
     Raises:
         CheckpointKeyError: listing unconvertible source keys (``unknown``), keys the model does
@@ -295,12 +329,21 @@ def check_state_dict(
     model_sd = model.state_dict()
     classifier = set(classifier)
     unknown = sorted(unknown)
-    extra = sorted(k for k in state_dict if k not in model_sd)
+    extra = sorted(k for k in state_dict if k not in model_sd and k not in classifier)
     missing = sorted(k for k in model_sd if k not in state_dict and k not in classifier)
+    stems = _input_conv_weights(model)
+
+    def fits(k: str) -> bool:
+        a, b = tuple(state_dict[k].shape), tuple(model_sd[k].shape)
+        if a == b:
+            return True
+        # an input conv for another channel count: only dim 1 (input channels) may differ
+        return k in stems and len(a) == len(b) >= 2 and a[:1] + a[2:] == b[:1] + b[2:]
+
     shapes = sorted(
         f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(model_sd[k].shape)}"
         for k in state_dict
-        if k in model_sd and k not in classifier and tuple(state_dict[k].shape) != tuple(model_sd[k].shape)
+        if k in model_sd and k not in classifier and not fits(k)
     )
     if unknown or extra or missing or shapes:
         parts = [f"{source} does not match {type(model).__name__}:"]
@@ -314,3 +357,13 @@ def check_state_dict(
                 shown = ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
                 parts.append(f"  {title}: {shown}")
         raise CheckpointKeyError("\n".join(parts))
+
+
+def _input_conv_weights(model: torch.nn.Module) -> set:
+    """``'<first_conv>.weight'`` names of ``model`` (timm's traits, else its ``pretrained_cfg``)."""
+    names = getattr(model, "_traits", {}).get("first_conv")
+    if names is None:
+        names = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    if not names:
+        return set()
+    return {f"{n}.weight" for n in ((names,) if isinstance(names, str) else names)}
