@@ -43,6 +43,7 @@ What such an ablation can and cannot show is written into the report (``NOTES``)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shlex
@@ -199,6 +200,69 @@ class GpuData:
 
 
 # ----------------------------------------------------------------------------- training
+SDPA_BACKENDS = ("math", "flash", "efficient", "cudnn")
+
+
+def sdpa_context(spec: str):
+    """Context restricting ``F.scaled_dot_product_attention`` to the backends named in ``spec``
+    (comma-separated from :data:`SDPA_BACKENDS`; ``""`` or ``"default"``: torch's own choice).
+
+    Raises:
+        ValueError: an unknown backend name (lists the accepted ones).
+    """
+    if spec in ("", "default"):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    table = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    bad = [n for n in names if n not in table]
+    if bad or not names:
+        raise ValueError(f"--sdpa takes 'default' or a comma-separated list of {SDPA_BACKENDS}, got {spec!r}")
+    return sdpa_kernel([table[n] for n in names])
+
+
+def sdpa_check(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool, spec: str = "default") -> Dict[str, Any]:
+    """Compare one forward/backward of ``model`` under the SDPA backends of ``spec`` with the same
+    step under the math backend (the plain ``softmax(q k^T * s + mask) v`` of PyTorch).
+
+    The model runs in eval mode (no dropout / drop path) with the recipe's autocast, and its
+    gradients are cleared afterwards. A fused kernel that is wrong for some mixer's inputs (e.g. a
+    learned float ``attn_mask`` broadcast over the batch, or a padded/odd sequence length) shows up
+    as a relative difference of order 1 instead of the bf16 rounding level (about 1e-2).
+
+    Returns:
+        ``{"sdpa_logit_rel": ||logits - logits_math|| / ||logits_math||, "sdpa_grad_rel": the largest
+        ||grad - grad_math|| / ||grad_math|| over the parameters (those with a gradient above 1e-6 of
+        the total), "sdpa_worst": "name rel" of that parameter}``.
+    """
+    was_training = model.training
+    model.eval()
+    results = []
+    for backends in (spec, "math"):
+        model.zero_grad(set_to_none=True)
+        with sdpa_context(backends):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(x).float()
+            F.cross_entropy(logits, y).backward()
+        grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logits.detach(), grads))
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    (l1, g1), (l0, g0) = results
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+    total = torch.cat([g.flatten() for g in g0.values()]).norm() if g0 else torch.zeros(())
+    # parameters whose gradient is not negligible (a relative error of a ~0 gradient is noise)
+    per = {n: rel(g1[n], g0[n]) for n in g0 if n in g1 and g0[n].norm() > 1e-6 * total}
+    worst = max(per, key=per.get) if per else ""
+    return dict(sdpa_logit_rel=rel(l1, l0), sdpa_grad_rel=per[worst] if worst else 0.0,
+                sdpa_worst=f"{worst} {per[worst]:.3g}" if worst else "")
+
+
 def train_one(name: str, data: GpuData, args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
     """Train ``name`` from scratch with the shared recipe; returns its accuracy row."""
     from timm.optim import create_optimizer_v2
@@ -214,42 +278,55 @@ def train_one(name: str, data: GpuData, args: argparse.Namespace, device: torch.
         min_lr=args.lr * 0.01, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
     )
     amp = device.type == "cuda"
+    check: Dict[str, Any] = {}
+    if args.sdpa_check:
+        n_check = min(32, data.x_train.shape[0])
+        xc, yc = data._finish(data.x_train[:n_check]), data.y_train[:n_check]
+        # torch's own choice (what the first GPU pass of #16 ran) and the backends this run trains with
+        for spec, suffix in [("default", "")] + ([(args.sdpa, "_run")] if args.sdpa != "default" else []):
+            c = sdpa_check(model, xc, yc, amp, spec)
+            check.update({k + suffix: v for k, v in c.items()})
+            print(f"  {name} SDPA check ({spec} vs math): logits rel {c['sdpa_logit_rel']:.3g}, worst gradient rel "
+                  f"{c['sdpa_grad_rel']:.3g} ({c['sdpa_worst']})", flush=True)
+            if c["sdpa_grad_rel"] > 0.1 or c["sdpa_logit_rel"] > 0.1:
+                print(f"  WARNING {name}: SDPA backends '{spec}' disagree with the math backend on this model", flush=True)
     if amp:
         torch.cuda.reset_peak_memory_stats(device)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     t0 = time.perf_counter()
     updates, seen, loss_sum, loss_n = 0, 0, 0.0, 0
-    for epoch in range(args.epochs):
-        model.train()
-        loss_sum, loss_n = 0.0, 0
-        for x, y in data.train_batches(args.batch_size, gen):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = crit(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if args.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-            opt.step()
-            updates += 1
-            sched.step_update(updates)
-            loss_sum += loss.detach()
-            loss_n += 1
-            seen += x.shape[0]
-        if args.verbose or epoch == args.epochs - 1:
-            avg = float(loss_sum) / max(loss_n, 1)
-            print(f"  {name} epoch {epoch + 1}/{args.epochs} loss {avg:.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
-        if not math.isfinite(float(loss_sum)):
-            raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1}")
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    train_s = time.perf_counter() - t0
-    model.eval()
-    correct, total = 0, 0
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        for x, y in data.test_batches(args.batch_size * 2):
-            correct += int((model(x).argmax(-1) == y).sum())
-            total += int(y.numel())
+    with sdpa_context(args.sdpa):  # training and evaluation under the chosen SDPA backends
+        for epoch in range(args.epochs):
+            model.train()
+            loss_sum, loss_n = 0.0, 0
+            for x, y in data.train_batches(args.batch_size, gen):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss = crit(model(x).float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if args.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+                opt.step()
+                updates += 1
+                sched.step_update(updates)
+                loss_sum += loss.detach()
+                loss_n += 1
+                seen += x.shape[0]
+            if args.verbose or epoch == args.epochs - 1:
+                avg = float(loss_sum) / max(loss_n, 1)
+                print(f"  {name} epoch {epoch + 1}/{args.epochs} loss {avg:.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            if not math.isfinite(float(loss_sum)):
+                raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1}")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_s = time.perf_counter() - t0
+        model.eval()
+        correct, total = 0, 0
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            for x, y in data.test_batches(args.batch_size * 2):
+                correct += int((model(x).argmax(-1) == y).sum())
+                total += int(y.numel())
     return dict(
         model=name,
         mixers=mixer_label(name),
@@ -266,8 +343,9 @@ def train_one(name: str, data: GpuData, args: argparse.Namespace, device: torch.
         train_versions=f"torch {torch.__version__}, timm {timm.__version__}",
         recipe=(f"AdamW lr {args.lr} wd {args.weight_decay}, cosine, {args.warmup_epochs} warmup epoch(s), batch {args.batch_size}, "
                 f"label smoothing 0.1, drop path {args.drop_path}, clip {args.clip_grad}, crop+flip, seed {args.seed}"
-                + (", bf16 autocast" if amp else ", fp32")),
+                + (", bf16 autocast" if amp else ", fp32") + f", SDPA backends {args.sdpa}"),
         error="",
+        **check,
     )
 
 
@@ -362,7 +440,7 @@ def run_speed(args: argparse.Namespace, models: List[str]) -> List[Dict[str, Any
 # ----------------------------------------------------------------------------- report
 COLUMNS = [
     "model", "mixers", "params_m", "gmacs", "gmacs_224", "top1", "infer_img_s", "train_img_s", "infer_vs_ref",
-    "train_vs_ref", "train_peak_mb", "train_s", "device_peak_mb", "error",
+    "train_vs_ref", "train_peak_mb", "train_s", "device_peak_mb", "sdpa_grad_rel", "sdpa_grad_rel_run", "error",
 ]
 
 
@@ -437,7 +515,9 @@ def report(args: argparse.Namespace, argv: Sequence[str]) -> None:
         "columns": ("gmacs at the training size (gmacs_224 at 224 px); infer/train_img_s: CPU images/s (median of interleaved "
                     "rounds); *_vs_ref: throughput / that of " + DEFAULT_REFERENCE + "; train_peak_mb: CPU peak of one training "
                     "step; train_s: seconds of the training run on its device; device_peak_mb: CUDA peak of that run (batch "
-                    "of the recipe, bf16 autocast); top1: CIFAR-10 test top-1 after the last epoch"),
+                    "of the recipe, bf16 autocast); sdpa_grad_rel: largest relative difference of a parameter's gradient of one step at init "
+                    "under torch's default SDPA backends and under the math backend (sdpa_grad_rel_run: under the run's --sdpa backends; bf16 rounding: about 1e-2; order 1: a wrong fused kernel); "
+                    "top1: CIFAR-10 test top-1 after the last epoch"),
     }
     write_markdown(args.output + ".md", "Mixer ablation (MixerNet tiny)", header, [("Results", markdown_table(rows, COLUMNS))], NOTES)
     try:
@@ -474,6 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training pass: skip (and record as skipped) the models that would start after this budget (0: none)")
     p.add_argument("--keep", action="store_true", help="keep the other models' rows of an existing train CSV")
     p.add_argument("--verbose", action="store_true", help="print every epoch")
+    p.add_argument("--sdpa", default="math,flash,efficient",
+                   help="SDPA backends for training and evaluation: 'default' (torch's choice) or a comma-separated "
+                        f"subset of {','.join(SDPA_BACKENDS)} (e.g. 'math,flash,efficient' to leave cuDNN out)")
+    p.add_argument("--no-sdpa-check", dest="sdpa_check", action="store_false",
+                   help="skip the per-model check of the SDPA backends against the math backend (one step, at init)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for the speed pass (0: leave)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--speed-batch", type=int, default=32)
