@@ -32,7 +32,7 @@ Examples::
     # here (CPU; the data folder is at ../shared/data/cifar10)
     python benchmarks/mixers.py --prepare-cache .cache/cifar10_mixers.npz --data-dir ../shared/data/cifar10
     OMP_NUM_THREADS=1 python benchmarks/mixers.py --speed --threads 1
-    # on a GPU machine with the cache copied over
+    # on a GPU machine with the cache copied over (SDPA without cuDNN by default; --sdpa default for torch's choice)
     python benchmarks/mixers.py --cache .cache/cifar10_mixers.npz --device cuda
     # tiny end-to-end check on CPU
     python benchmarks/mixers.py --cache .cache/cifar10_mixers.npz --device cpu --models na_mixernet_tiny pool_mixernet_tiny \\
@@ -94,6 +94,32 @@ NOTES = [
     "to 56), and Swin/MaxViT windows pad 16 to 21. GMACs count the work actually done.",
     "CPU throughput was measured on a shared machine with interleaved rounds (the ratio to the "
     "reference is the robust number); GPU training time (train_s) includes everything of the run on that device.",
+    "Issue #16 (first GPU pass, torch 2.11 on an H200, torch's default SDPA backends): agent 10.0% (loss ln 10), na 13.8%, "
+    "dina 21.8%, swin 24.4%, cswin 24.5%, na_mhsa 26.1% against identity 55.9%. These are not properties of the "
+    "mixers: on CPU (fp32 and bf16 autocast, a fixed batch of 32 CIFAR images at 64 px, AdamW 2e-3, drop path 0) "
+    "agent, na, dina, swin and cswin fit the batch like identity (loss 2.2-2.5 -> 0.000-0.03 within 24-40 steps; "
+    "agent in bf16 0.38 and na in bf16 0.006 after 24). The CPU path computes the same attention as explicit products (agent, window attention "
+    "under autograd) or through SDPA's math path (NA on maps padded to its window, stages 2-3 here); on CUDA the "
+    "same calls go to the fused SDPA kernels with a learned float attn_mask broadcast over the batch (agent "
+    "biases, NA / Swin / MaxViT relative position bias), which PyTorch reports wrong on H100/H200 for cuDNN with "
+    "an attn_mask (pytorch#196678, pytorch#191612). The training pass therefore leaves cuDNN out by default "
+    "(--sdpa math,flash,efficient) and records per model the largest gradient difference of one step at init "
+    "against the math backend: sdpa_grad_rel (torch's default backends), sdpa_grad_rel_run (the run's). Until "
+    "a GPU pass shows sdpa_grad_rel of order 1 for these models and sensible accuracies with the run's backends, "
+    "the cause on the GPU is a suspicion, not a finding.",
+    "pool (20.1% on the GPU) is a property of PoolFormer's mixer in this macro, not a bug of PoolMixer (it is "
+    "timm's Pooling, AvgPool - x, as the paper's Eq. 4): the stem and every downsampler end in a LayerNorm (NAT's), "
+    "so at init the first block of each stage gets x = LN(x) and computes x + (pool(LN x) - LN x) = avgpool(x), "
+    "measured ||x - LN(x)|| / ||x|| below 1.2e-4 at all four stages: the residual identity path is cancelled and "
+    "the block only smooths (at 2x2 maps it replaces every token by the map mean). PoolFormer avoids this with layer "
+    "scale 1e-5 and downsamplers without a trailing norm. On the fixed CPU batch pool's loss is still 0.69 after 40 "
+    "steps where identity is at 0.000; the same model with layer_scale=1e-5 reaches 0.000 like identity. The "
+    "presets keep one macro (no layer scale) for every mixer, so pool is measured in a macro hostile to it; "
+    "timm.create_model('pool_mixernet_tiny', layer_scale=1e-5) is the PoolFormer-faithful variant.",
+    "dina: the preset's dilations 8-4-2-1 are DiNAT's for 224 px (K*d equals the stage map 56-28-14-7). At 64 px the "
+    "maps are 16-8-4-2, so NA pads them to K*d before qkv (NATTEN <= 0.15 behaviour): stage 0 becomes 56x56 with 256 "
+    "real tokens, and each dilated query sees at most 2x2 real tokens among its 49 keys, the rest padding that "
+    "carries only the qkv bias. A faithful small-image DiNAT would scale the dilation to the map (d = 2-1-1-1 here).",
 ]
 
 
