@@ -582,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="print every epoch")
     p.add_argument("--sdpa", default="math,flash,efficient",
                    help="SDPA backends for training and evaluation: 'default' (torch's choice) or a comma-separated "
-                        f"subset of {','.join(SDPA_BACKENDS)} (e.g. 'math,flash,efficient' to leave cuDNN out)")
+                        f"subset of {','.join(SDPA_BACKENDS)}; default %(default)s leaves out cuDNN, the suspect of the chance-level GPU results of #16 (see NOTES)")
     p.add_argument("--no-sdpa-check", dest="sdpa_check", action="store_false",
                    help="skip the per-model check of the SDPA backends against the math backend (one step, at init)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for the speed pass (0: leave)")
