@@ -32,7 +32,7 @@ Examples::
     # here (CPU; the data folder is at ../shared/data/cifar10)
     python benchmarks/mixers.py --prepare-cache .cache/cifar10_mixers.npz --data-dir ../shared/data/cifar10
     OMP_NUM_THREADS=1 python benchmarks/mixers.py --speed --threads 1
-    # on a GPU machine with the cache copied over
+    # on a GPU machine with the cache copied over (SDPA without cuDNN by default; --sdpa default for torch's choice)
     python benchmarks/mixers.py --cache .cache/cifar10_mixers.npz --device cuda
     # tiny end-to-end check on CPU
     python benchmarks/mixers.py --cache .cache/cifar10_mixers.npz --device cpu --models na_mixernet_tiny pool_mixernet_tiny \\
@@ -43,6 +43,7 @@ What such an ablation can and cannot show is written into the report (``NOTES``)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shlex
@@ -93,6 +94,32 @@ NOTES = [
     "to 56), and Swin/MaxViT windows pad 16 to 21. GMACs count the work actually done.",
     "CPU throughput was measured on a shared machine with interleaved rounds (the ratio to the "
     "reference is the robust number); GPU training time (train_s) includes everything of the run on that device.",
+    "Issue #16 (first GPU pass, torch 2.11 on an H200, torch's default SDPA backends): agent 10.0% (loss ln 10), na 13.8%, "
+    "dina 21.8%, swin 24.4%, cswin 24.5%, na_mhsa 26.1% against identity 55.9%. These are not properties of the "
+    "mixers: on CPU (fp32 and bf16 autocast, a fixed batch of 32 CIFAR images at 64 px, AdamW 2e-3, drop path 0) "
+    "agent, na, dina, swin and cswin fit the batch like identity (loss 2.2-2.5 -> 0.000-0.03 within 24-40 steps; "
+    "agent in bf16 0.38 and na in bf16 0.006 after 24). The CPU path computes the same attention as explicit products (agent, window attention "
+    "under autograd) or through SDPA's math path (NA on maps padded to its window, stages 2-3 here); on CUDA the "
+    "same calls go to the fused SDPA kernels with a learned float attn_mask broadcast over the batch (agent "
+    "biases, NA / Swin / MaxViT relative position bias), which PyTorch reports wrong on H100/H200 for cuDNN with "
+    "an attn_mask (pytorch#196678, pytorch#191612). The training pass therefore leaves cuDNN out by default "
+    "(--sdpa math,flash,efficient) and records per model the largest gradient difference of one step at init "
+    "against the math backend: sdpa_grad_rel (torch's default backends), sdpa_grad_rel_run (the run's). Until "
+    "a GPU pass shows sdpa_grad_rel of order 1 for these models and sensible accuracies with the run's backends, "
+    "the cause on the GPU is a suspicion, not a finding.",
+    "pool (20.1% on the GPU) is a property of PoolFormer's mixer in this macro, not a bug of PoolMixer (it is "
+    "timm's Pooling, AvgPool - x, as the paper's Eq. 4): the stem and every downsampler end in a LayerNorm (NAT's), "
+    "so at init the first block of each stage gets x = LN(x) and computes x + (pool(LN x) - LN x) = avgpool(x), "
+    "measured ||x - LN(x)|| / ||x|| below 1.2e-4 at all four stages: the residual identity path is cancelled and "
+    "the block only smooths (at 2x2 maps it replaces every token by the map mean). PoolFormer avoids this with layer "
+    "scale 1e-5 and downsamplers without a trailing norm. On the fixed CPU batch pool's loss is still 0.69 after 40 "
+    "steps where identity is at 0.000; the same model with layer_scale=1e-5 reaches 0.000 like identity. The "
+    "presets keep one macro (no layer scale) for every mixer, so pool is measured in a macro hostile to it; "
+    "timm.create_model('pool_mixernet_tiny', layer_scale=1e-5) is the PoolFormer-faithful variant.",
+    "dina: the preset's dilations 8-4-2-1 are DiNAT's for 224 px (K*d equals the stage map 56-28-14-7). At 64 px the "
+    "maps are 16-8-4-2, so NA pads them to K*d before qkv (NATTEN <= 0.15 behaviour): stage 0 becomes 56x56 with 256 "
+    "real tokens, and each dilated query sees at most 2x2 real tokens among its 49 keys, the rest padding that "
+    "carries only the qkv bias. A faithful small-image DiNAT would scale the dilation to the map (d = 2-1-1-1 here).",
 ]
 
 
@@ -199,6 +226,69 @@ class GpuData:
 
 
 # ----------------------------------------------------------------------------- training
+SDPA_BACKENDS = ("math", "flash", "efficient", "cudnn")
+
+
+def sdpa_context(spec: str):
+    """Context restricting ``F.scaled_dot_product_attention`` to the backends named in ``spec``
+    (comma-separated from :data:`SDPA_BACKENDS`; ``""`` or ``"default"``: torch's own choice).
+
+    Raises:
+        ValueError: an unknown backend name (lists the accepted ones).
+    """
+    if spec in ("", "default"):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    table = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    bad = [n for n in names if n not in table]
+    if bad or not names:
+        raise ValueError(f"--sdpa takes 'default' or a comma-separated list of {SDPA_BACKENDS}, got {spec!r}")
+    return sdpa_kernel([table[n] for n in names])
+
+
+def sdpa_check(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool, spec: str = "default") -> Dict[str, Any]:
+    """Compare one forward/backward of ``model`` under the SDPA backends of ``spec`` with the same
+    step under the math backend (the plain ``softmax(q k^T * s + mask) v`` of PyTorch).
+
+    The model runs in eval mode (no dropout / drop path) with the recipe's autocast, and its
+    gradients are cleared afterwards. A fused kernel that is wrong for some mixer's inputs (e.g. a
+    learned float ``attn_mask`` broadcast over the batch, or a padded/odd sequence length) shows up
+    as a relative difference of order 1 instead of the bf16 rounding level (about 1e-2).
+
+    Returns:
+        ``{"sdpa_logit_rel": ||logits - logits_math|| / ||logits_math||, "sdpa_grad_rel": the largest
+        ||grad - grad_math|| / ||grad_math|| over the parameters (those with a gradient above 1e-6 of
+        the total), "sdpa_worst": "name rel" of that parameter}``.
+    """
+    was_training = model.training
+    model.eval()
+    results = []
+    for backends in (spec, "math"):
+        model.zero_grad(set_to_none=True)
+        with sdpa_context(backends):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(x).float()
+            F.cross_entropy(logits, y).backward()
+        grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logits.detach(), grads))
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    (l1, g1), (l0, g0) = results
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+    total = torch.cat([g.flatten() for g in g0.values()]).norm() if g0 else torch.zeros(())
+    # parameters whose gradient is not negligible (a relative error of a ~0 gradient is noise)
+    per = {n: rel(g1[n], g0[n]) for n in g0 if n in g1 and g0[n].norm() > 1e-6 * total}
+    worst = max(per, key=per.get) if per else ""
+    return dict(sdpa_logit_rel=rel(l1, l0), sdpa_grad_rel=per[worst] if worst else 0.0,
+                sdpa_worst=f"{worst} {per[worst]:.3g}" if worst else "")
+
+
 def train_one(name: str, data: GpuData, args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
     """Train ``name`` from scratch with the shared recipe; returns its accuracy row."""
     from timm.optim import create_optimizer_v2
@@ -214,42 +304,55 @@ def train_one(name: str, data: GpuData, args: argparse.Namespace, device: torch.
         min_lr=args.lr * 0.01, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
     )
     amp = device.type == "cuda"
+    check: Dict[str, Any] = {}
+    if args.sdpa_check:
+        n_check = min(32, data.x_train.shape[0])
+        xc, yc = data._finish(data.x_train[:n_check]), data.y_train[:n_check]
+        # torch's own choice (what the first GPU pass of #16 ran) and the backends this run trains with
+        for spec, suffix in [("default", "")] + ([(args.sdpa, "_run")] if args.sdpa != "default" else []):
+            c = sdpa_check(model, xc, yc, amp, spec)
+            check.update({k + suffix: v for k, v in c.items()})
+            print(f"  {name} SDPA check ({spec} vs math): logits rel {c['sdpa_logit_rel']:.3g}, worst gradient rel "
+                  f"{c['sdpa_grad_rel']:.3g} ({c['sdpa_worst']})", flush=True)
+            if c["sdpa_grad_rel"] > 0.1 or c["sdpa_logit_rel"] > 0.1:
+                print(f"  WARNING {name}: SDPA backends '{spec}' disagree with the math backend on this model", flush=True)
     if amp:
         torch.cuda.reset_peak_memory_stats(device)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     t0 = time.perf_counter()
     updates, seen, loss_sum, loss_n = 0, 0, 0.0, 0
-    for epoch in range(args.epochs):
-        model.train()
-        loss_sum, loss_n = 0.0, 0
-        for x, y in data.train_batches(args.batch_size, gen):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = crit(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if args.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-            opt.step()
-            updates += 1
-            sched.step_update(updates)
-            loss_sum += loss.detach()
-            loss_n += 1
-            seen += x.shape[0]
-        if args.verbose or epoch == args.epochs - 1:
-            avg = float(loss_sum) / max(loss_n, 1)
-            print(f"  {name} epoch {epoch + 1}/{args.epochs} loss {avg:.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
-        if not math.isfinite(float(loss_sum)):
-            raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1}")
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    train_s = time.perf_counter() - t0
-    model.eval()
-    correct, total = 0, 0
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        for x, y in data.test_batches(args.batch_size * 2):
-            correct += int((model(x).argmax(-1) == y).sum())
-            total += int(y.numel())
+    with sdpa_context(args.sdpa):  # training and evaluation under the chosen SDPA backends
+        for epoch in range(args.epochs):
+            model.train()
+            loss_sum, loss_n = 0.0, 0
+            for x, y in data.train_batches(args.batch_size, gen):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss = crit(model(x).float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if args.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+                opt.step()
+                updates += 1
+                sched.step_update(updates)
+                loss_sum += loss.detach()
+                loss_n += 1
+                seen += x.shape[0]
+            if args.verbose or epoch == args.epochs - 1:
+                avg = float(loss_sum) / max(loss_n, 1)
+                print(f"  {name} epoch {epoch + 1}/{args.epochs} loss {avg:.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            if not math.isfinite(float(loss_sum)):
+                raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1}")
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_s = time.perf_counter() - t0
+        model.eval()
+        correct, total = 0, 0
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            for x, y in data.test_batches(args.batch_size * 2):
+                correct += int((model(x).argmax(-1) == y).sum())
+                total += int(y.numel())
     return dict(
         model=name,
         mixers=mixer_label(name),
@@ -266,8 +369,9 @@ def train_one(name: str, data: GpuData, args: argparse.Namespace, device: torch.
         train_versions=f"torch {torch.__version__}, timm {timm.__version__}",
         recipe=(f"AdamW lr {args.lr} wd {args.weight_decay}, cosine, {args.warmup_epochs} warmup epoch(s), batch {args.batch_size}, "
                 f"label smoothing 0.1, drop path {args.drop_path}, clip {args.clip_grad}, crop+flip, seed {args.seed}"
-                + (", bf16 autocast" if amp else ", fp32")),
+                + (", bf16 autocast" if amp else ", fp32") + f", SDPA backends {args.sdpa}"),
         error="",
+        **check,
     )
 
 
@@ -362,7 +466,7 @@ def run_speed(args: argparse.Namespace, models: List[str]) -> List[Dict[str, Any
 # ----------------------------------------------------------------------------- report
 COLUMNS = [
     "model", "mixers", "params_m", "gmacs", "gmacs_224", "top1", "infer_img_s", "train_img_s", "infer_vs_ref",
-    "train_vs_ref", "train_peak_mb", "train_s", "device_peak_mb", "error",
+    "train_vs_ref", "train_peak_mb", "train_s", "device_peak_mb", "sdpa_grad_rel", "sdpa_grad_rel_run", "error",
 ]
 
 
@@ -437,7 +541,9 @@ def report(args: argparse.Namespace, argv: Sequence[str]) -> None:
         "columns": ("gmacs at the training size (gmacs_224 at 224 px); infer/train_img_s: CPU images/s (median of interleaved "
                     "rounds); *_vs_ref: throughput / that of " + DEFAULT_REFERENCE + "; train_peak_mb: CPU peak of one training "
                     "step; train_s: seconds of the training run on its device; device_peak_mb: CUDA peak of that run (batch "
-                    "of the recipe, bf16 autocast); top1: CIFAR-10 test top-1 after the last epoch"),
+                    "of the recipe, bf16 autocast); sdpa_grad_rel: largest relative difference of a parameter's gradient of one step at init "
+                    "under torch's default SDPA backends and under the math backend (sdpa_grad_rel_run: under the run's --sdpa backends; bf16 rounding: about 1e-2; order 1: a wrong fused kernel); "
+                    "top1: CIFAR-10 test top-1 after the last epoch"),
     }
     write_markdown(args.output + ".md", "Mixer ablation (MixerNet tiny)", header, [("Results", markdown_table(rows, COLUMNS))], NOTES)
     try:
@@ -474,6 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training pass: skip (and record as skipped) the models that would start after this budget (0: none)")
     p.add_argument("--keep", action="store_true", help="keep the other models' rows of an existing train CSV")
     p.add_argument("--verbose", action="store_true", help="print every epoch")
+    p.add_argument("--sdpa", default="math,flash,efficient",
+                   help="SDPA backends for training and evaluation: 'default' (torch's choice) or a comma-separated "
+                        f"subset of {','.join(SDPA_BACKENDS)}; default %(default)s leaves out cuDNN, the suspect of the chance-level GPU results of #16 (see NOTES)")
+    p.add_argument("--no-sdpa-check", dest="sdpa_check", action="store_false",
+                   help="skip the per-model check of the SDPA backends against the math backend (one step, at init)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for the speed pass (0: leave)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--speed-batch", type=int, default=32)

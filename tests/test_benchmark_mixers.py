@@ -82,3 +82,49 @@ def test_tiny_training_run_writes_the_report(bench, fake_cifar, tmp_path):
     md = open(str(out) + ".md").read()
     assert "What it cannot show" in md and "--models identity_mixernet_tiny" in md
     assert os.path.isfile(str(out) + ".png")
+
+
+def test_sdpa_context_names_the_backends(bench):
+    with bench.sdpa_context("default"):
+        pass
+    with bench.sdpa_context("math,efficient"):
+        pass
+    with pytest.raises(ValueError, match="comma-separated list"):
+        bench.sdpa_context("cudnn,bogus")
+
+
+def test_sdpa_check_agrees_with_math_and_catches_a_wrong_kernel(bench, monkeypatch):
+    """The per-model check compares a step under the run's SDPA backends with the math backend:
+    ~0 when they agree, order 1 when a fused kernel returns wrong gradients (the GPU pass of #16 gave
+    chance-level accuracy only for mixers that feed SDPA a learned float mask)."""
+    import timm
+
+    torch.manual_seed(0)
+    # NA on 64 px: stages 2-3 (4x4, 2x2 maps padded to 7x7) run SDPA with the rpb as a float mask
+    model = timm.create_model("na_mixernet_tiny", num_classes=10, depths=(1, 1, 1, 1))
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 2])
+    ok = bench.sdpa_check(model, x, y, amp=False)
+    assert ok["sdpa_logit_rel"] < 1e-5 and ok["sdpa_grad_rel"] < 1e-4, ok
+    assert all(p.grad is None for p in model.parameters()) and model.training
+
+    real = torch.nn.functional.scaled_dot_product_attention
+    in_check = {"on": False}
+
+    def wrong_backward(q, k, v, attn_mask=None, **kw):  # right forward, no gradient to q, k or the mask
+        if in_check["on"]:
+            return real(q.detach(), k.detach(), v, attn_mask=None if attn_mask is None else attn_mask.detach(), **kw)
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+
+    class Faulty:
+        def __enter__(self):
+            in_check["on"] = True
+
+        def __exit__(self, *exc):
+            in_check["on"] = False
+
+    contexts = iter([Faulty(), bench.sdpa_context("math")])
+    monkeypatch.setattr(bench, "sdpa_context", lambda spec: next(contexts))
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", wrong_backward)
+    bad = bench.sdpa_check(model, x, y, amp=False, spec="cudnn")
+    assert bad["sdpa_logit_rel"] < 1e-5 and bad["sdpa_grad_rel"] > 0.1, bad
+    assert bad["sdpa_worst"].startswith("stages."), bad
