@@ -5,7 +5,8 @@ For the smallest model of every family (and the MixerNet presets when ``--mixers
 - fp32 CUDA logits against the same model's fp32 CPU logits (relative L2 error; TF32 off);
 - a bf16 autocast forward (relative error against fp32) and an fp16 autocast forward (finite);
 - channels_last input and model (relative error against the contiguous run);
-- a training step (forward + backward under bf16 autocast, every parameter gets a finite gradient);
+- a training step (forward + backward under bf16 autocast, every parameter gets a finite gradient),
+  and its gradients with torch's default SDPA backend choice against the math backend;
 - ``torch.compile`` (default mode): first-call time, a second size's (re)compile time, compiled
   and eager inference throughput at batch 64, 224x224, bf16;
 - peak CUDA memory of the eager inference step.
@@ -17,6 +18,7 @@ Prints one table and writes ``--out`` (JSON). Exit status 1 if any numerical che
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -85,11 +87,28 @@ def check(name: str, batch: int = 64, compile_: bool = True) -> dict:
         odd = model(torch.randn(1, 3, 200, 152, device="cuda"))
         r["odd_size_finite"] = bool(torch.isfinite(odd).all())
     model.train()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = model(torch.randn(4, 3, 224, 224, device="cuda")).float().logsumexp(-1).mean()
-    loss.backward()
-    r["grads_ok"] = all(p.grad is not None and bool(torch.isfinite(p.grad).all())
-                        for p in model.parameters() if p.requires_grad)
+    xt = torch.randn(4, 3, 224, 224, device="cuda")
+
+    def grads(backends=None):
+        from torch.nn.attention import sdpa_kernel
+
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # same drop path draws
+        with (sdpa_kernel(backends) if backends else contextlib.nullcontext()), \
+                torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(xt).float().logsumexp(-1).mean()
+        loss.backward()
+        return [p.grad.detach().float().clone() if p.grad is not None else None for p in model.parameters()]
+
+    from torch.nn.attention import SDPBackend
+
+    g_default = grads()
+    r["grads_ok"] = all(g is not None and bool(torch.isfinite(g).all()) for g in g_default)
+    g_math = grads([SDPBackend.MATH])
+    # bf16 training step: torch's default SDPA backend choice against the math backend (a wrong fused
+    # kernel gives O(1) differences; bf16 rounding gives ~1e-2)
+    r["bf16_grad_default_vs_math"] = _rel(torch.cat([g.flatten() for g in g_default if g is not None]),
+                                          torch.cat([g.flatten() for g in g_math if g is not None]))
     model.zero_grad(set_to_none=True)
     model.eval()
     xb = torch.randn(batch, 3, 224, 224, device="cuda")
@@ -152,7 +171,8 @@ def main(argv=None) -> int:
             r = {"model": n, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=6)}
         r["wall_s"] = time.perf_counter() - t
         ok = ("error" not in r and r["fp32_vs_cpu"] < 1e-4 and r["bf16_vs_fp32"] < 5e-2 and r["fp16_finite"]
-              and r["channels_last_vs_fp32"] < 1e-4 and r["odd_size_finite"] and r["grads_ok"])
+              and r["channels_last_vs_fp32"] < 1e-4 and r["odd_size_finite"] and r["grads_ok"]
+              and r["bf16_grad_default_vs_math"] < 0.1)
         r["ok"] = bool(ok)
         failed |= not ok
         rows.append(r)
@@ -162,7 +182,7 @@ def main(argv=None) -> int:
             print(r["trace"], flush=True)
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)
-    hdr = ["model", "ok", "fp32_vs_cpu", "bf16_vs_fp32", "channels_last_vs_fp32", "eager_img_s", "compiled_img_s",
+    hdr = ["model", "ok", "fp32_vs_cpu", "bf16_vs_fp32", "channels_last_vs_fp32", "bf16_grad_default_vs_math", "eager_img_s", "compiled_img_s",
            "compile_s", "recompile_s", "eager_peak_mib"]
     print("| " + " | ".join(hdr) + " |")
     for r in rows:
