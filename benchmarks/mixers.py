@@ -84,8 +84,8 @@ NOTES = [
     "speed, memory) at this resolution, and large accuracy gaps (e.g. against the identity/pooling floor).",
     "What it cannot show: ImageNet-scale ranking. 10k images and a short schedule favour mixers with "
     "strong locality priors (convolution, pooling, small windows) and penalise data-hungry global "
-    "attention; differences of about one point are within seed-to-seed noise (one seed was run, so no "
-    "error bars); no hyper-parameter was tuned per mixer.",
+    "attention; one seed was run (no error bars; a repeat moved some mixers by up to 10 points, see "
+    "below); no hyper-parameter was tuned per mixer.",
     "Resolution: CIFAR images (32 px) are upsampled to the training size, so stage maps are 16-8-4-2 "
     "at 64 px. The presets' window/kernel/region sizes are those of the 224 px families (7), so at "
     "this size most windowed mixers see (nearly) the whole map from stage 2 on, and mixers that pad "
@@ -94,19 +94,19 @@ NOTES = [
     "to 56), and Swin/MaxViT windows pad 16 to 21. GMACs count the work actually done.",
     "CPU throughput was measured on a shared machine with interleaved rounds (the ratio to the "
     "reference is the robust number); GPU training time (train_s) includes everything of the run on that device.",
-    "Issue #16 (first GPU pass, torch 2.11 on an H200, torch's default SDPA backends): agent 10.0% (loss ln 10), na 13.8%, "
-    "dina 21.8%, swin 24.4%, cswin 24.5%, na_mhsa 26.1% against identity 55.9%. These are not properties of the "
-    "mixers: on CPU (fp32 and bf16 autocast, a fixed batch of 32 CIFAR images at 64 px, AdamW 2e-3, drop path 0) "
-    "agent, na, dina, swin and cswin fit the batch like identity (loss 2.2-2.5 -> 0.000-0.03 within 24-40 steps; "
-    "agent in bf16 0.38 and na in bf16 0.006 after 24). The CPU path computes the same attention as explicit products (agent, window attention "
-    "under autograd) or through SDPA's math path (NA on maps padded to its window, stages 2-3 here); on CUDA the "
-    "same calls go to the fused SDPA kernels with a learned float attn_mask broadcast over the batch (agent "
-    "biases, NA / Swin / MaxViT relative position bias), which PyTorch reports wrong on H100/H200 for cuDNN with "
-    "an attn_mask (pytorch#196678, pytorch#191612). The training pass therefore leaves cuDNN out by default "
-    "(--sdpa math,flash,efficient) and records per model the largest gradient difference of one step at init "
-    "against the math backend: sdpa_grad_rel (torch's default backends), sdpa_grad_rel_run (the run's). Until "
-    "a GPU pass shows sdpa_grad_rel of order 1 for these models and sensible accuracies with the run's backends, "
-    "the cause on the GPU is a suspicion, not a finding.",
+    "Two GPU passes (torch 2.11, one H200, same seed, data order and recipe). The table is the first, with torch's "
+    "default SDPA backends, complete for all 15 presets. The second (benchmarks/results/mixers_train_repeat.csv, "
+    "SDPA restricted to math/flash/efficient; it reached its --max-minutes budget after 8 presets) gave na 18.1% "
+    "(first 13.8), dina 31.1 (21.8), bra 46.6 (49.7), swin 25.2 (24.4), maxvit 36.9 (36.9), cswin 28.6 (24.5), "
+    "davit_channel 47.7 (49.4), agent 20.1 (10.0). Its per-model check of one bf16 step at init against SDPA's math "
+    "backend found gradient differences of 0.007-0.07 (sdpa_grad_rel; bf16 rounding), and benchmarks/gpu_check.py "
+    "found <= 0.012 for the families' smallest models: the fused kernels are not wrong here, so the low numbers are "
+    "not a GPU bug. On CPU (fp32 and bf16 autocast, a fixed batch of 32 images at 64 px, AdamW 2e-3, drop path 0) "
+    "agent, na, dina, swin and cswin fit the batch like identity (loss 2.2-2.5 -> 0.000-0.03 within 24-40 steps), "
+    "so they train. What the passes do show: at this budget (10k images, 12 epochs, one seed) the windowed and agent "
+    "mixers generalise far worse than convolution, channel attention or even the identity mixer, and their top-1 "
+    "moves by up to 10 points between runs that differ only in floating-point summation order. Differences below "
+    "about 10 points among them are noise; a ranking needs several seeds and a longer schedule.",
     "pool (20.1% on the GPU) is a property of PoolFormer's mixer in this macro, not a bug of PoolMixer (it is "
     "timm's Pooling, AvgPool - x, as the paper's Eq. 4): the stem and every downsampler end in a LayerNorm (NAT's), "
     "so at init the first block of each stage gets x = LN(x) and computes x + (pool(LN x) - LN x) = avgpool(x), "
@@ -582,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="print every epoch")
     p.add_argument("--sdpa", default="math,flash,efficient",
                    help="SDPA backends for training and evaluation: 'default' (torch's choice) or a comma-separated "
-                        f"subset of {','.join(SDPA_BACKENDS)}; default %(default)s leaves out cuDNN, the suspect of the chance-level GPU results of #16 (see NOTES)")
+                        f"subset of {','.join(SDPA_BACKENDS)}; default %(default)s leaves out cuDNN; 'default' is torch's own choice (measured correct on an H200, see NOTES)")
     p.add_argument("--no-sdpa-check", dest="sdpa_check", action="store_false",
                    help="skip the per-model check of the SDPA backends against the math backend (one step, at init)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for the speed pass (0: leave)")
