@@ -99,9 +99,9 @@ class BiLevelRoutingAttention(nn.Module):
         m = self.num_heads
         q, k, v = self.qkv(x).split([self.qk_dim, self.qk_dim, C], dim=-1)
         out = bra2d(
-            q.reshape(B, Hp, Wp, m, -1),
-            k.reshape(B, Hp, Wp, m, -1),
-            v.reshape(B, Hp, Wp, m, -1),
+            q.reshape(B, Hp, Wp, m, self.qk_dim // m),  # explicit sizes: an empty batch has no -1 to infer
+            k.reshape(B, Hp, Wp, m, self.qk_dim // m),
+            v.reshape(B, Hp, Wp, m, C // m),
             self.num_regions,
             self.topk,
             self.scale,
