@@ -88,7 +88,7 @@ def test_hugging_face_layout_converts_and_matches(prefix):
 
 
 def test_wrapped_and_module_prefixed_checkpoints(tmp_path):
-    kw = CASES[1][1]
+    kw = CASES[2][1]  # dinat_mini (CASES[1] is its slow pytest.param)
     off = randomize_(OfficialNAT(**kw), 6).eval()
     ours = timm.create_model("dinat_mini").eval()
     for wrapped in ({"model": off.state_dict()}, {"state_dict": {"module." + k: v for k, v in off.state_dict().items()}}):
@@ -97,7 +97,7 @@ def test_wrapped_and_module_prefixed_checkpoints(tmp_path):
 
 
 def test_strict_errors_name_the_keys():
-    kw = CASES[1][1]
+    kw = CASES[2][1]  # dinat_mini (CASES[1] is its slow pytest.param)
     off = randomize_(OfficialNAT(**kw), 7)
     ours = timm.create_model("dinat_mini")
     sd = off.state_dict()
@@ -118,7 +118,7 @@ def test_strict_errors_name_the_keys():
 
 @pytest.mark.slow  # ~50 s loaded; the same overlay path is quick-tested for DaViT and in test_tool_messages
 def test_pretrained_cfg_overlay_loads_official_file_and_resets_head(tmp_path):
-    kw = CASES[1][1]
+    kw = CASES[2][1]  # dinat_mini (CASES[1] is its slow pytest.param)
     off = randomize_(OfficialNAT(**kw), 9).eval()
     path = tmp_path / "dinat_mini_in1k_224.pth"
     torch.save(off.state_dict(), path)

@@ -56,8 +56,8 @@ class ChannelGroupAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         B, C = shape[0], shape[-1]
-        N = shape[1:-1].numel()  # explicit (not -1): an empty batch must reshape too
-        x = x.reshape(B, N, C)
+        x = x.flatten(1, -2)  # (B, N, C): flatten, not reshape(B, -1, C), so an empty batch works (and TorchScript)
+        N = x.shape[1]
         # chunks in the official order: values, queries, keys (see module docstring)
         v, q, k = self.qkv(x).reshape(B, N, 3, self.num_groups, self.group_dim).permute(2, 0, 3, 1, 4).unbind(0)
         attn = ((q * self.scale).transpose(-2, -1) @ k).softmax(dim=-1)  # (B, G, C_g, C_g): channel i -> channel j

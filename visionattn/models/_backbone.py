@@ -137,6 +137,9 @@ class HierarchicalBackbone(nn.Module):
     ``(0, C_i, h_i, w_i)`` taps), in inference and in training.
     """
 
+    # properties TorchScript must not compile (it would script ``in_chans``' module walk)
+    __jit_unused_properties__ = ["in_chans"]
+
     output_fmt = "NCHW"
 
     def __init__(
