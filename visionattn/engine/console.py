@@ -87,7 +87,7 @@ def _keys(messages: Sequence[str], kind: str) -> List[str]:
 def describe_pretrained_load(model: Any, messages: Sequence[str]) -> Optional[str]:
     """One line on the pretrained weights timm just loaded into ``model``, or None if none were.
 
-    ``messages`` are the records of timm's ``timm.models._builder`` logger during the load
+    ``messages`` are the records of visionattn's load logger (the source) and timm's ``timm.models._builder`` logger during the load
     ("Loading pretrained weights from ...", "Missing keys (...)", "Unexpected keys (...)"). The
     classifier counts as re-initialised when the model's class count differs from the one of its
     pretrained cfg (timm then drops the checkpoint's classifier).
@@ -126,18 +126,23 @@ def with_load_report(create_fn: Callable[..., Any], log: Callable[[str], Any]) -
 
     @functools.wraps(create_fn)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        logger = logging.getLogger("timm.models._builder")
+        from visionattn.models._registry import LOAD_LOGGER
+
+        # ours first: it names the file / URL / Hub repo; timm's then reports keys (and "state dict")
+        loggers = [logging.getLogger(LOAD_LOGGER), logging.getLogger("timm.models._builder")]
         handler = _Records()
-        level, propagate = logger.level, logger.propagate
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+        saved = [(lg.level, lg.propagate) for lg in loggers]
+        for lg in loggers:
+            lg.addHandler(handler)
+            lg.setLevel(logging.INFO)
+            lg.propagate = False
         try:
             model = create_fn(*args, **kwargs)
         finally:
-            logger.removeHandler(handler)
-            logger.setLevel(level)
-            logger.propagate = propagate
+            for lg, (level, propagate) in zip(loggers, saved):
+                lg.removeHandler(handler)
+                lg.setLevel(level)
+                lg.propagate = propagate
         for m in handler.warnings:  # what timm would have shown anyway (unexpected keys: in the summary)
             log(f"warning: {m}")
         text = describe_pretrained_load(model, handler.messages)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from contextlib import nullcontext
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -132,6 +133,9 @@ def _build(model_cls, variant: str, pretrained: bool, filter_fn: Callable, kwarg
     return model
 
 
+#: Logger that names the source of every pretrained load (timm's own logger only sees the stand-in below).
+LOAD_LOGGER = "visionattn.models.pretrained"
+
 #: Stands in for the state dict in the cfg handed to timm, so timm's own file / URL / Hub readers
 #: never run: the checkpoint was already read by ``visionattn.models._hub`` (non-empty: timm tests truthiness).
 _SENTINEL_KEY = "__visionattn_checkpoint_read_by_visionattn__"
@@ -150,6 +154,8 @@ def _build_pretrained(model_cls, variant: str, filter_fn: Callable, taps, kwargs
     sources = pretrained_sources(cfg)
     checkpoint, label = load_pretrained_checkpoint(sources, name=f"{cfg.get('architecture') or variant}"
                                                    + (f".{cfg['tag']}" if cfg.get("tag") else ""), cache_dir=kwargs.get("cache_dir"))
+    # timm's loader only sees the in-memory stand-in ("from state dict"): say where the weights came from
+    logging.getLogger(LOAD_LOGGER).info("Loading pretrained weights from %s", label)
 
     def read_filter(_sentinel, model):
         sd = filter_fn(checkpoint, model)
