@@ -77,15 +77,15 @@ def save_checkpoint(path: os.PathLike, state: Dict[str, Any]) -> Path:
     return atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: os.PathLike) -> Dict[str, Any]:
+def load_checkpoint(path: os.PathLike, program: str = "tools/train.py") -> Dict[str, Any]:
     """Load a training checkpoint with ``torch.load(weights_only=True)`` onto the CPU.
-    Raises :class:`UsageError` if it is missing or is not one of ours."""
+    Raises :class:`UsageError` if it is missing or is not one of ``program``'s (no ``model`` entry)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"checkpoint {path} does not exist")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise UsageError(f"{path} is not a training checkpoint written by tools/train.py")
+        raise UsageError(f"{path} is not a training checkpoint written by {program} (no 'model' entry)")
     return ckpt
 
 

@@ -52,7 +52,7 @@ from visionattn.detection import (CocoDetection, GroupedBatchSampler, ShardedSam
 from visionattn.detection.builders import DETECTORS
 from visionattn.detection.engine import (NO_DECAY_KEYWORDS, SCHEDULES, WarmupMultiStep, evaluate, init_distributed,
                                          is_main, param_groups, train_one_epoch, unwrap)
-from visionattn.engine.checkpoint import get_rng_state, set_rng_state
+from visionattn.engine.checkpoint import get_rng_state, load_checkpoint, set_rng_state
 from visionattn.engine.cli import RESUME_HINT, UsageError, run_cli
 from visionattn.engine.config import parse_model_kwargs
 from visionattn.engine.evaluation import resolve_amp
@@ -161,15 +161,6 @@ def _load_config(path: Optional[str]) -> Dict[str, Any]:
     return cfg
 
 
-def _load_checkpoint(path: Path) -> Dict[str, Any]:
-    if not path.is_file():
-        raise UsageError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise UsageError(f"{path} is not a checkpoint written by tools/coco.py train (no 'model' entry)")
-    return ckpt
-
-
 def resolve_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Optional[Dict[str, Any]]]:
     """Merge: CLI flags > --config > the checkpoint's arguments (resume/eval) > :data:`DEFAULTS`.
     Returns ``(args, checkpoint or None)``. Raises :class:`UsageError` for bad combinations."""
@@ -184,7 +175,7 @@ def resolve_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Opt
     ckpt, ckpt_path = None, None
     if command == "eval":
         ckpt_path = Path(explicit.pop("checkpoint"))
-        ckpt = _load_checkpoint(ckpt_path)
+        ckpt = load_checkpoint(ckpt_path, program="tools/coco.py train")
     elif resume:
         out = explicit.get("output") or config.get("output")
         if resume == "auto":
@@ -197,7 +188,7 @@ def resolve_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Opt
             if ckpt_path.is_dir():
                 ckpt_path = ckpt_path / CHECKPOINT_NAME
         if ckpt_path is not None:
-            ckpt = _load_checkpoint(ckpt_path)
+            ckpt = load_checkpoint(ckpt_path, program="tools/coco.py train")
     base = dict(ckpt.get("args", {})) if ckpt else {}
     base = {k: v for k, v in base.items() if k in DEFAULTS and k != "progress"}  # bars: this terminal's business
     if command == "eval":  # the data/device of the evaluation come from this call, not the training run
