@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-slow install clean
+.PHONY: demo test test-fast test-slow timm-contract install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test-fast: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PYTEST) -m slow
+
+# timm's own tests/test_models.py (from the installed timm's sdist, bodies unchanged) on our models;
+# MODELS='dinat_* biformer_tiny' narrows it (default: every model we register).
+timm-contract: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) tests/timm_contract.py --models $(MODELS) -- -q -rf
 
 clean:
 	rm -rf $(VENV) runs
