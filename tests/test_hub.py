@@ -263,16 +263,7 @@ def test_agent_conversion_with_a_yacs_config(tmp_path, monkeypatch):
     _randomise(small)
     official = _official_keys(small, small.state_dict())
     # the official files carry the Swin-style yacs ``config`` (a CfgNode): read as inert data
-    yacs, yacs_config = types.ModuleType("yacs"), types.ModuleType("yacs.config")
-
-    class CfgNode(dict):
-        pass
-
-    CfgNode.__module__ = "yacs.config"
-    CfgNode.__qualname__ = "CfgNode"
-    yacs_config.CfgNode = CfgNode
-    monkeypatch.setitem(sys.modules, "yacs", yacs)
-    monkeypatch.setitem(sys.modules, "yacs.config", yacs_config)
+    CfgNode = _fake_yacs(monkeypatch)
     torch.save({"model": official, "epoch": 3, "config": CfgNode(MODEL=CfgNode(TYPE="agent_pvt"))}, tmp_path / "a.pth")
     monkeypatch.delitem(sys.modules, "yacs.config")
     monkeypatch.delitem(sys.modules, "yacs")
