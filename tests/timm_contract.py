@@ -8,6 +8,14 @@ a work folder (default ``.timm_contract/``, git-ignored) beside a ``conftest.py`
 visionattn before the test module is collected (so timm's ``list_models()`` sees our models) and
 deselects every test case whose ``model_name`` is not one of ours. The test bodies are left alone.
 
+One list is extended: timm routes its own token-sequence models (ViT, DeiT, ...) away from
+``test_model_default_cfgs`` (which expects ``forward_features`` to return a map with two spatial
+axes) to ``test_model_default_cfgs_non_std`` by name, through the module-level ``NON_STD_FILTERS``
+list. Our plain (isotropic) models follow timm's ``VisionTransformer`` contract (``forward_features``
+returns ``(B, num_prefix_tokens + N, C)``, as issue #19 asked), so their names are added to that list
+(:func:`plain_model_names`: every registered model that is a
+:class:`visionattn.models._backbone.PlainBackbone`), exactly as timm lists ``vit_*`` and ``deit*``.
+
 Usage::
 
     .venv/bin/python tests/timm_contract.py                    # all of our models, all tests
@@ -22,7 +30,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -110,6 +117,39 @@ def fetch_test_models(cache: str) -> str:
     return dest
 
 
+def plain_model_names() -> list:
+    """Names of our plain (ViT-layout) models: those built as ``PlainBackbone`` (meta device, no weights)."""
+    import torch
+
+    import visionattn
+    from visionattn.models._backbone import PlainBackbone
+
+    names = []
+    for name in sorted(set(visionattn.list_models()) | set(visionattn.list_mixer_models())):
+        with torch.device("meta"):
+            model = timm.create_model(name)
+        if isinstance(model, PlainBackbone):
+            names.append(name)
+    return names
+
+
+def write_test_module(src: str, dest: str, non_std: list) -> None:
+    """Copy timm's ``test_models.py`` to ``dest``, adding ``non_std`` to its ``NON_STD_FILTERS`` list.
+
+    Raises:
+        RuntimeError: the file has no ``NON_STD_FILTERS = [`` line (a timm version this script does not know).
+    """
+    with open(src) as f:
+        text = f.read()
+    anchor = "NON_STD_FILTERS = ["
+    if anchor not in text:
+        raise RuntimeError(f"{src} has no '{anchor}' line; cannot route our ViT-layout models to the non-std cfg test")
+    added = "".join(f"{n!r}, " for n in non_std)
+    text = text.replace(anchor, anchor + "\n    # added by visionattn tests/timm_contract.py (ViT-layout models)\n    " + added, 1)
+    with open(dest, "w") as f:
+        f.write(text)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default=os.path.join(ROOT, ".timm_contract"), help="generated test folder")
@@ -120,7 +160,7 @@ def main(argv=None) -> int:
 
     src = fetch_test_models(os.path.join(args.workdir, "cache"))
     os.makedirs(args.workdir, exist_ok=True)
-    shutil.copyfile(src, os.path.join(args.workdir, "test_models.py"))
+    write_test_module(src, os.path.join(args.workdir, "test_models.py"), plain_model_names())
     with open(os.path.join(args.workdir, "conftest.py"), "w") as f:
         f.write(CONFTEST)
     with open(os.path.join(args.workdir, "pytest.ini"), "w") as f:
