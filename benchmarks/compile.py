@@ -11,15 +11,29 @@ For each model (default: the smallest of every family and sub-family), in eval m
 * ``compiled_ms`` and ``speedup``: median wall time of later calls at that size, and
   ``eager_ms / compiled_ms``;
 * ``recompile_s``: wall time of the first call at the second size (what a user waits when an
-  image of a new size arrives). With ``--dynamic`` the spatial dimensions of the first input are
-  marked dynamic (``torch._dynamo.mark_dynamic``) so that one symbolic-shape graph can serve
-  the second size; by default the second size compiles a second static graph (dynamo's default
-  automatic-dynamic recompile is also what ``--dynamic`` exercises, made explicit).
+  image of a new size arrives), and ``graphs``: the number of distinct graphs dynamo compiled
+  over the first, second and third size (1: one graph served all three sizes);
+* ``third_s``: wall time of the first call at a third size.
+
+``--mode`` chooses how the model is compiled:
+
+* ``default``: ``torch.compile(model)``. At the second size dynamo's *automatic dynamic* shapes
+  retrace the model with symbolic H and W; where a model's shape logic specialises sizes, that
+  retrace is slow and still ends in a size-specialised graph.
+* ``static``: ``torch.compile(model, dynamic=False)``: every new size is one static compile, as
+  cheap as the first.
+* ``dynamic``: ``torch.compile(model)`` with H and W of the first input marked dynamic
+  (``torch._dynamo.mark_dynamic``), so that one symbolic-shape graph can serve other sizes where the
+  model's padding logic allows it.
+
+``--backend eager`` skips inductor (dynamo capture only): graph counts and capture times without
+code generation, for a quick look at which families keep sizes symbolic.
 
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/compile.py [--models nat_mini ...] [--size 64 64]
-        [--size2 64 48] [--repeats 5] [--threads 1] [--dynamic] [--out benchmarks/results/compile]
+        [--size2 64 48] [--size3 96 80] [--repeats 5] [--threads 1] [--mode default|static|dynamic]
+        [--backend inductor|eager] [--out benchmarks/results/compile]
 
 writes ``<out>.csv`` and ``<out>.md`` (command, machine, versions, table). CPU compilation is
 slow; the defaults keep the whole run within minutes on a laptop-class CPU.
@@ -57,7 +71,7 @@ def _median_ms(fn, x, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(name: str, size, size2, repeats: int, dynamic: bool) -> Dict:
+def measure(name: str, size, size2, size3, repeats: int, mode: str = "default", backend: str = "inductor") -> Dict:
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     torch.manual_seed(0)
@@ -68,9 +82,9 @@ def measure(name: str, size, size2, repeats: int, dynamic: bool) -> Dict:
     with torch.no_grad():
         ref = model(x)
         row["eager_ms"] = _median_ms(model, x, repeats)
-        compiled = torch.compile(model)
+        compiled = torch.compile(model, backend=backend, dynamic=False if mode == "static" else None)
         xc = x.clone()
-        if dynamic:
+        if mode == "dynamic":
             torch._dynamo.mark_dynamic(xc, 2)
             torch._dynamo.mark_dynamic(xc, 3)
         t = time.perf_counter()
@@ -83,6 +97,12 @@ def measure(name: str, size, size2, repeats: int, dynamic: bool) -> Dict:
         out2 = compiled(x2)
         row["recompile_s"] = time.perf_counter() - t
         row["max_abs_diff2"] = (out2 - model(x2)).abs().max().item()
+        x3 = torch.randn(1, 3, *size3)
+        t = time.perf_counter()
+        out3 = compiled(x3)
+        row["third_s"] = time.perf_counter() - t
+        row["max_abs_diff2"] = max(row["max_abs_diff2"], (out3 - model(x3)).abs().max().item())
+    row["graphs"] = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
     row["graph_breaks"] = int(sum(torch._dynamo.utils.counters["graph_break"].values()))
     return row
 
@@ -94,14 +114,17 @@ def main(argv=None) -> int:
     p.add_argument("--size2", nargs=2, type=int, default=[64, 48], help="second input size H W (recompile)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--dynamic", action="store_true", help="mark H and W of the first input dynamic")
+    p.add_argument("--size3", nargs=2, type=int, default=[96, 80], help="third input size H W")
+    p.add_argument("--mode", choices=["default", "static", "dynamic"], default="default",
+                   help="default: torch.compile(model); static: dynamic=False; dynamic: mark H, W of the first input dynamic")
+    p.add_argument("--backend", default="inductor", help="torch.compile backend (inductor; eager = dynamo capture only)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "compile"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows: List[Dict] = []
     for name in args.models:
         try:
-            row = measure(name, args.size, args.size2, args.repeats, args.dynamic)
+            row = measure(name, args.size, args.size2, args.size3, args.repeats, args.mode, args.backend)
         except Exception as e:  # a failure is a result too
             row = dict(model=name, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
         rows.append(row)
@@ -111,7 +134,8 @@ def main(argv=None) -> int:
 
 
 def write(rows: List[Dict], args, argv) -> None:
-    cols = ["model", "graph_breaks", "compile_s", "recompile_s", "eager_ms", "compiled_ms", "speedup", "max_abs_diff", "max_abs_diff2", "error"]
+    cols = ["model", "graph_breaks", "graphs", "compile_s", "recompile_s", "third_s", "eager_ms", "compiled_ms", "speedup",
+            "max_abs_diff", "max_abs_diff2", "error"]
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out + ".csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
@@ -133,9 +157,10 @@ def write(rows: List[Dict], args, argv) -> None:
         f"Python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}.",
         "",
         f"Measured: batch 1, fp32, CPU, eval + no_grad; first size {args.size[0]}x{args.size[1]}, second size "
-        f"{args.size2[0]}x{args.size2[1]}; {'H and W marked dynamic' if args.dynamic else 'static shapes (default torch.compile)'}; "
+        f"{args.size2[0]}x{args.size2[1]}, third {args.size3[0]}x{args.size3[1]}; mode {args.mode}, backend {args.backend}; "
         f"medians of {args.repeats} calls. compile_s / recompile_s: wall time of the first call at the first / "
-        "second size. graph_breaks: dynamo's count over both sizes (0: one graph each, fullgraph=True works). "
+        "second size, third_s at the third. graphs: distinct graphs over the three sizes; graph_breaks: dynamo's count "
+        "(0: fullgraph=True works). max_abs_diff2: worst difference to eager at the second and third size. "
         "Wall times on a shared machine are indicative only.",
         "",
         "| " + " | ".join(cols[:-1]) + " |",

@@ -117,3 +117,25 @@ def test_fsdp2_two_processes_match_one_process(single_process_run, tmp_path):
     # the checkpoint holds the gathered full tensors, not shards
     ref_ckpt = torch.load(ref_out / "last.pth.tar", map_location="cpu", weights_only=True)
     assert {k: v.shape for k, v in ckpt["model"].items()} == {k: v.shape for k, v in ref_ckpt["model"].items()}
+
+
+def test_readme_recipe_command_runs_a_full_epoch(tmp_path):
+    """The README's ImageNet command (``torchrun ... tools/train.py -c configs/imagenet/<model>.yaml --data-dir
+    ... --output ...``) with the shipped recipe unchanged (RandAugment rand-m9-mstd0.5-inc1, random erasing,
+    Mixup/CutMix, label smoothing, AdamW, per-update cosine, clip-grad, AMP, drop path), on real images: only the
+    data size, the batch and the schedule length are overridden so that one full epoch (and its held-out
+    evaluation, export and reload check) runs on two CPU processes."""
+    out = tmp_path / "dinat_mini"
+    _torchrun(["-c", ROOT / "configs" / "imagenet" / "dinat_mini.yaml", "--data-dir", CIFAR10, "--output", out,
+               "--max-train-samples", "256", "--max-val-samples", "64", "--img-size", "64", "--batch-size", "16",
+               "--epochs", "1", "--cooldown-epochs", "0", "--warmup-epochs", "0", "--no-progress", "--device", "cpu"],
+              timeout=900)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_samples"] == 256 and summary["held_out_samples"] == 64
+    rows = (out / "log.csv").read_text().strip().splitlines()
+    assert len(rows) == 2, rows  # header + the one epoch
+    assert summary["reload_check"]["identical"]
+    args = json.loads((out / "config.json").read_text())
+    assert args["architecture"] == "dinat_mini"
+    run = summary
+    assert run["args"]["aa"] == "rand-m9-mstd0.5-inc1" and run["args"]["mixup"] == 0.8 and run["args"]["reprob"] == 0.25
