@@ -130,3 +130,138 @@ def test_metric_two_process_gloo_equals_one_process(tmp_path):
         got = torch.load(f"{out}.{rank}", weights_only=False)
         assert got["mIoU"] == pytest.approx(ref["mIoU"]) and got["aAcc"] == pytest.approx(ref["aAcc"])
         np.testing.assert_allclose(got["IoU"], ref["IoU"])
+
+
+# ------------------------------------------------------------------------------------- data
+from PIL import Image as PILImage  # noqa: E402
+
+from visionattn.segmentation import (RandomCropCatMax, SegmentationDataset, build_dataset, collate,  # noqa: E402
+                                     test_transforms, train_transforms)
+from torchvision import tv_tensors  # noqa: E402
+
+
+@needs_camvid
+def test_camvid_ade_layout_with_reduce_zero_label():
+    ds = SegmentationDataset(CAMVID, "validation", kind="folder")
+    names = (CAMVID / "classes.txt").read_text().split("\n")
+    assert ds.classes == [n.strip() for n in names if n.strip()] and len(ds) == 51 and ds.num_classes == 11
+    img_path, lab_path = ds.samples[3]
+    assert img_path.parent.name == lab_path.parent.name == "validation" and img_path.stem == lab_path.stem
+    image, mask = ds[3]
+    raw_img = np.array(PILImage.open(img_path).convert("RGB"))
+    raw = np.array(PILImage.open(lab_path)).astype(np.int64)
+    assert isinstance(image, tv_tensors.Image) and image.dtype == torch.uint8
+    assert isinstance(mask, tv_tensors.Mask) and mask.dtype == torch.int64
+    np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), raw_img)
+    expected = np.where(raw == 0, 255, raw - 1)  # ADE20K convention: 0 ignored, 1..K -> 0..K-1
+    np.testing.assert_array_equal(mask.numpy(), expected)
+    plain = SegmentationDataset(CAMVID, "validation", kind="folder", reduce_zero_label=False)
+    assert plain.reduce_zero_label is False
+
+
+@needs_camvid
+def test_camvid_train_and_test_pipelines():
+    torch.manual_seed(0)
+    ds = build_dataset("folder", CAMVID, "training", train=True, crop_size=(256, 320), scale=(960, 240))
+    image, mask = ds[0]
+    assert image.shape == (3, 256, 320) and image.dtype == torch.float32 and mask.shape == (256, 320)
+    assert set(mask.unique().tolist()) <= set(range(11)) | {255}
+    val = build_dataset("folder", CAMVID, "validation", train=False, scale=(960, 240))
+    image, mask = val[0]
+    # keep-ratio fit into (960, 240): 480x360 -> short side 240, long side 320 (mmcv rescale)
+    assert image.shape == (3, 240, 320) and mask.shape == (360, 480)
+    images, masks, sizes = collate([val[0], (image[:, :200], mask[:300])])
+    assert images.shape == (2, 3, 240, 320) and masks.shape == (2, 360, 480)
+    assert sizes.tolist() == [[240, 320, 360, 480], [200, 320, 300, 480]]
+    assert (images[1, :, 200:] == 0).all() and (masks[1, 300:] == 255).all()
+
+
+def _write_ade_tree(root: Path, n=2, size=(24, 32), classes=("a", "b", "c")):
+    g = np.random.default_rng(0)
+    for split in ("training", "validation"):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            PILImage.fromarray(g.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / "images" / split / f"{i}.jpg")
+            PILImage.fromarray(g.integers(0, len(classes) + 1, size, dtype=np.uint8)).save(
+                root / "annotations" / split / f"{i}.png")
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+
+
+def test_bad_files_give_clear_errors_naming_the_file(tmp_path):
+    _write_ade_tree(tmp_path)
+    ds = SegmentationDataset(tmp_path, "training", kind="folder")
+    ds[0]  # the good tree reads
+    bad_img = tmp_path / "images" / "training" / "0.jpg"
+    bad_img.write_bytes(b"not a jpeg at all")
+    with pytest.raises(ValueError, match=r"cannot read image .*0\.jpg"):
+        ds[0]
+    lab = tmp_path / "annotations" / "training" / "1.png"
+    PILImage.fromarray(np.full((24, 32), 9, dtype=np.uint8)).save(lab)  # 3 classes: 9 is out of range
+    with pytest.raises(ValueError, match=r"label .*1\.png holds values \[9\]"):
+        ds[1]
+    PILImage.fromarray(np.ones((20, 32), dtype=np.uint8)).save(lab)  # 20 rows vs the image's 24
+    with pytest.raises(ValueError, match=r"image .*1\.jpg is 32x24.*label .*1\.png is 32x20"):
+        ds[1]
+    (tmp_path / "annotations" / "validation" / "1.png").unlink()
+    with pytest.raises(ValueError, match=r"no label file.*1\.png"):
+        SegmentationDataset(tmp_path, "validation", kind="folder")
+    with pytest.raises(ValueError, match="kind"):
+        SegmentationDataset(tmp_path, "training", kind="voc")
+
+
+def test_cityscapes_layout_from_a_synthetic_tree(tmp_path):
+    ids = np.array([[0, 18, 255], [7, 7, 1]], dtype=np.uint8)
+    for city in ("aachen", "bremen"):
+        (tmp_path / "leftImg8bit" / "val" / city).mkdir(parents=True)
+        (tmp_path / "gtFine" / "val" / city).mkdir(parents=True)
+        stem = f"{city}_000000_000019"
+        PILImage.fromarray(np.zeros((2, 3, 3), np.uint8)).save(tmp_path / "leftImg8bit" / "val" / city / f"{stem}_leftImg8bit.png")
+        PILImage.fromarray(ids).save(tmp_path / "gtFine" / "val" / city / f"{stem}_gtFine_labelTrainIds.png")
+    ds = SegmentationDataset(tmp_path, "validation", kind="cityscapes")  # alias of 'val'
+    assert len(ds) == 2 and ds.num_classes == 19 and ds.classes[0] == "road" and ds.classes[18] == "bicycle"
+    assert ds.reduce_zero_label is False and ds.palette[0] == (128, 64, 128)
+    _, mask = ds[1]
+    np.testing.assert_array_equal(mask.numpy(), ids)  # train ids kept as stored, 255 stays ignored
+
+
+def test_train_crop_respects_cat_max_ratio():
+    # a 64x64 mask, class 0 everywhere except a 16x16 block of class 1 in the corner (and ignore)
+    mask = torch.zeros(64, 64, dtype=torch.int64)
+    mask[:16, :16] = 1
+    mask[40:, 40:] = 255
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+
+    def dominant(m):  # the largest class share among labelled pixels, counted with numpy
+        vals = m.numpy().ravel()
+        vals = vals[vals != 255]
+        counts = np.bincount(vals)
+        return counts.max() / counts.sum(), (counts > 0).sum()
+
+    crop = RandomCropCatMax((24, 24), cat_max_ratio=0.75, generator=torch.Generator().manual_seed(0))
+    plain = RandomCropCatMax((24, 24), cat_max_ratio=1.0, generator=torch.Generator().manual_seed(0))
+    ok, plain_ok = 0, 0
+    for _ in range(40):
+        _, m = crop(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        share, n = dominant(m)
+        ok += n > 1 and share < 0.75
+        _, m = plain(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        share, n = dominant(m)
+        plain_ok += n > 1 and share < 0.75
+    # 10 re-draws: the chance that every draw misses is (1 - p)^10 with p ~ 0.05 for a window
+    # hitting the corner block; the rule must at least clearly beat unconstrained crops
+    assert ok > 2 * max(plain_ok, 1) and plain_ok < 10
+    # the full pipeline, reproducible from one seeded generator
+    a = train_transforms((32, 32), scale=(128, 64), generator=torch.Generator().manual_seed(3))(
+        tv_tensors.Image(image), tv_tensors.Mask(mask))
+    b = train_transforms((32, 32), scale=(128, 64), generator=torch.Generator().manual_seed(3))(
+        tv_tensors.Image(image), tv_tensors.Mask(mask))
+    assert torch.equal(a[1], b[1]) and a[0].shape == (3, 32, 32)
+
+
+def test_test_transform_keeps_ratio_and_mask():
+    image = tv_tensors.Image(torch.zeros(3, 100, 300, dtype=torch.uint8))
+    mask = tv_tensors.Mask(torch.zeros(100, 300, dtype=torch.int64))
+    out, m = test_transforms((2048, 512))(image, mask)
+    # long side 300 -> factor min(2048/300, 512/100) = 5.12: 512 x 1536
+    assert out.shape == (3, 512, 1536) and m.shape == (100, 300)
