@@ -6,14 +6,14 @@ segmentation (:mod:`visionattn.segmentation`) share.
 ``forward_intermediates``), picks from ``feature_info`` the taps whose reductions are the
 requested strides (4, 8, 16, 32 by default; MaxViT's stride-2 stem tap is skipped, no index is
 hard-coded), and applies one extra channel LayerNorm per output. That norm follows the official
-dense-task backbones, which all add a norm per out index on top of the classifier's stages:
-NAT/DiNAT (``detection/backbone/nat.py``, ``segmentation/backbone/nat.py``: ``norm{i}``),
-CSWin (``segmentation/backbone/cswin_transformer.py``: ``norm{i}`` per out index, the
-classifier's final norm dropped), Agent-Swin (mmseg/mmdet Swin: ``norm{i}``), BiFormer
-(``models_mm/biformer_mm.py``: ``extra_norms``), DaViT (mmdet/mmseg backbones: ``norm{i}``).
-Agent-PVT's dense backbones (PVT's) and MaxViT have none; we add it there too (one LayerNorm per
-level, negligible parameters) so every backbone hands the heads normalised maps. timm's own
-models (``convnext_tiny``, ``resnet18``) work the same way.
+dense-task backbones, which add a norm per out index on top of the classifier's stages: NAT/DiNAT
+(``detection/backbone/nat.py`` and ``segmentation/nat.py``: ``norm{i}`` per out index), CSWin
+(``segmentation/backbone/cswin_transformer.py``: ``norm1``..``norm4``, one per output, the
+classifier's final norm and head dropped), and the Swin-style mmdet/mmseg backbones that
+Agent-Swin and DaViT build on (``norm{i}`` per out index). Families whose dense backbones differ
+get the same single LayerNorm per level here, so that every backbone hands the heads normalised
+maps (a few thousand parameters; the parameter counts of :mod:`visionattn.segmentation` still
+match the papers' tables). timm's own models (``convnext_tiny``, ``resnet18``) work the same way.
 
 Plain (isotropic) models whose taps all have stride 16 (``agent_deit_*``, ``nat_isotropic_*``,
 ``dinat_isotropic_*``, ``vitrpb_*``) get ViTDet's simple feature pyramid (Li et al., "Exploring
