@@ -47,9 +47,10 @@ __all__ = ["ConvModule", "UPerHead", "FCNHead", "SemanticFPN", "norm_layer"]
 
 
 def norm_layer(norm: str):
-    """``'bn'`` -> ``nn.BatchNorm2d``; ``'syncbn'`` -> ``nn.SyncBatchNorm`` (needs an initialised
-    process group with CUDA tensors when training; converts to BatchNorm semantics otherwise,
-    see ``torch.nn.SyncBatchNorm``). Raises ``ValueError`` otherwise."""
+    """``'bn'`` -> ``nn.BatchNorm2d``; ``'syncbn'`` -> ``nn.SyncBatchNorm`` (the papers' choice:
+    batch statistics over all GPUs). SyncBN synchronises only in training with more than one
+    process, and then needs CUDA tensors (torch raises ``ValueError`` for CPU tensors under gloo);
+    in a single process it behaves as BatchNorm. Raises ``ValueError`` for any other name."""
     if norm == "bn":
         return nn.BatchNorm2d
     if norm == "syncbn":
