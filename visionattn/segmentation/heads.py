@@ -19,7 +19,8 @@ which the NAT/DiNAT, CSWin, BiFormer, DaViT and Agent-Attention segmentation con
   PVT / Agent-PVT / CSWin / BiFormer "Semantic FPN" configs use it): mmseg's FPN neck (1x1
   laterals and 3x3 output convs, both with bias and no norm, nearest-neighbour top-down
   upsampling, 256 channels, 4 outputs), here torchvision's ``FeaturePyramidNetwork`` which has
-  exactly that structure and parameter count; then mmseg's ``FPNHead``: per level
+  exactly that structure and parameter count (its convs start from kaiming-uniform, mmseg's from
+  xavier-uniform); then mmseg's ``FPNHead``: per level
   ``max(1, log2(stride / 4))`` 3x3 ConvModules to 128 channels each followed by a 2x bilinear
   upsample (none for stride 4), the levels summed at stride 4, dropout 0.1, 1x1 classifier.
 
