@@ -514,3 +514,15 @@ def test_colorize_and_triptych():
     assert trip[1, 3].tolist() == [100, 100, 100]  # ignored: bare image
     assert trip[0, 6].tolist() == [50, 178, 50]  # prediction class 1 (green)
     assert trip[0, 2].tolist() == [255, 255, 255]  # the gap
+
+
+def test_paper_table_names_registered_models_and_heads():
+    names = set(visionattn.list_models())
+    for name, heads in PAPER_SEGMENTATION.items():
+        assert name in names, name
+        for head, row in heads.items():
+            assert head in ("upernet", "fpn") and row["miou"] and row["repo"] and row["source"], (name, head)
+            assert row["iters"] in (40_000, 80_000, 160_000) and row["crop"] in (512, 640)
+    # the examples: UPerNet NAT-T and DiNAT-T 58M, CSWin-T 60M (as published)
+    assert PAPER_SEGMENTATION["nat_tiny"]["upernet"]["params_m"] == PAPER_SEGMENTATION["dinat_tiny"]["upernet"]["params_m"] == 58
+    assert PAPER_SEGMENTATION["cswin_tiny"]["upernet"]["params_m"] == 60
