@@ -287,7 +287,8 @@ SEG_FAMILIES = {
     "davit_tiny_va": dict(depths=(1, 1, 1, 1)), "maxvit_tiny": dict(depths=(1, 1, 1, 1)),
     "resnet18": {}, "convnext_tiny": dict(depths=(1, 1, 1, 1), dims=(32, 64, 96, 128)),
 }
-QUICK_FAMILIES = ["nat_mini", "agent_deit_tiny", "resnet18"]
+# quick set: a hierarchical model through both heads, a plain one (simple pyramid), a timm model
+QUICK_CASES = [("nat_mini", "upernet"), ("nat_mini", "fpn"), ("agent_deit_tiny", "upernet"), ("resnet18", "fpn")]
 
 
 def _grad_case(name, head):
@@ -311,15 +312,14 @@ def _grad_case(name, head):
     assert set(model(torch.randn(1, 3, H, W))) == {"out"}
 
 
-@pytest.mark.parametrize("head", ["upernet", "fpn"])
-@pytest.mark.parametrize("name", QUICK_FAMILIES)
+@pytest.mark.parametrize("name,head", QUICK_CASES)
 def test_heads_on_backbones_non_square_every_param_gets_gradient(name, head):
     _grad_case(name, head)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("head", ["upernet", "fpn"])
-@pytest.mark.parametrize("name", [n for n in SEG_FAMILIES if n not in QUICK_FAMILIES])
+@pytest.mark.parametrize("name,head", [(n, h) for n in SEG_FAMILIES for h in ("upernet", "fpn")
+                                       if (n, h) not in QUICK_CASES])
 def test_heads_on_every_backbone_family(name, head):
     _grad_case(name, head)
 
