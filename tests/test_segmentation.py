@@ -7,8 +7,6 @@ hand-built files), never from the code under test. Real data: ``../shared/data/c
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
