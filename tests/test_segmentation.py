@@ -11,12 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
+from PIL import Image as PILImage
+from torch import nn
+from torchvision import tv_tensors
 
-import visionattn  # noqa: F401
-from visionattn.segmentation import SegMetric
+import visionattn
+from visionattn.segmentation import (PAPER_SEGMENTATION, RandomCropCatMax, SegMetric, SegmentationDataset,
+                                     build_dataset, build_segmentor, collate, colorize, inference, overlay_triptych,
+                                     predict_batch, segmentation_loss, slide_windows, test_transforms,
+                                     train_transforms)
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID = REPO.parent / "shared" / "data" / "camvid_mini"
@@ -131,11 +139,6 @@ def test_metric_two_process_gloo_equals_one_process(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- data
-from PIL import Image as PILImage  # noqa: E402
-
-from visionattn.segmentation import (RandomCropCatMax, SegmentationDataset, build_dataset, collate,  # noqa: E402
-                                     test_transforms, train_transforms)
-from torchvision import tv_tensors  # noqa: E402
 
 
 @needs_camvid
@@ -266,12 +269,7 @@ def test_test_transform_keeps_ratio_and_mask():
 
 
 # ------------------------------------------------------------------------------------- models
-import timm  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 
-from visionattn.segmentation import (PAPER_SEGMENTATION, build_segmentor, colorize, inference,  # noqa: E402
-                                     overlay_triptych, predict_batch, segmentation_loss, slide_windows)
 
 # one shrunk representative per backbone class (as tests/test_detection.py), plus timm's own models
 _PLAIN = dict(depth=2, out_indices=(1,))
