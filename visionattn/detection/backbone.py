@@ -1,11 +1,11 @@
 """Any registered classifier as a multi-scale detection backbone with a torchvision FPN.
 
-:class:`DetectionBackbone` builds the model with timm's ``features_only=True`` (our models'
-``forward_intermediates``), picks from ``feature_info`` the taps whose reductions are the
-requested strides (4, 8, 16, 32 by default; MaxViT's stride-2 stem tap is skipped, no index is
-hard-coded), applies one extra channel LayerNorm per output as the official detection backbones
-do (NAT/DiNAT ``detection/backbone/nat.py``: ``norm{i}`` per out index; Swin/CSWin/Agent-Swin
-mmdet backbones likewise), and feeds the maps to ``torchvision.ops.FeaturePyramidNetwork``
+:class:`DetectionBackbone` is the shared :class:`visionattn.models._multiscale.MultiScaleBackbone`
+(timm ``features_only=True`` taps picked from ``feature_info`` by stride, 4, 8, 16, 32 by default;
+MaxViT's stride-2 stem tap is skipped, no index is hard-coded; one extra channel LayerNorm per
+output as the official detection backbones do: NAT/DiNAT ``detection/backbone/nat.py``
+``norm{i}`` per out index, Swin/CSWin/Agent-Swin mmdet backbones likewise; ViTDet's simple
+pyramid for plain models, see below), whose maps feed ``torchvision.ops.FeaturePyramidNetwork``
 with ``LastLevelMaxPool`` (Mask/Faster R-CNN: P2-P6) or ``LastLevelP6P7`` (RetinaNet: P3-P7,
 P6 from C5 as mmdet's ``add_extra_convs='on_input'``).
 
@@ -24,101 +24,21 @@ then ``'pool'`` (or ``'p6'``, ``'p7'``).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
-from torch import nn
-import timm
-from timm.layers import LayerNorm2d
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 import visionattn.models  # noqa: F401  (registers the zoo with timm)
+from visionattn.models._multiscale import MultiScaleBackbone, SimpleFeaturePyramid, freeze_batch_norm, select_taps
 
 __all__ = ["DetectionBackbone", "SimpleFeaturePyramid", "freeze_batch_norm", "select_taps"]
 
 _EXTRA_BLOCKS = ("maxpool", "p6p7", "none")
 
 
-def select_taps(reductions: Sequence[int], wanted: Sequence[int]) -> Optional[List[int]]:
-    """Indices into ``reductions`` (a model's ``feature_info.reduction()``) giving each stride in
-    ``wanted``; the last tap is taken when several share a stride. None when one is missing."""
-    out = []
-    for r in wanted:
-        hits = [i for i, x in enumerate(reductions) if int(x) == int(r)]
-        if not hits:
-            return None
-        out.append(hits[-1])
-    return out
-
-
-def freeze_batch_norm(module: nn.Module) -> nn.Module:
-    """Replace every ``nn.BatchNorm2d`` in ``module`` (in place, recursively) by torchvision's
-    ``FrozenBatchNorm2d`` with the same statistics and affine parameters (as torchvision's
-    ResNet detection backbones; 2 images per GPU are too few for batch statistics).
-    Returns ``module`` (or its replacement when ``module`` itself is a BatchNorm2d)."""
-    if isinstance(module, nn.BatchNorm2d):
-        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
-        with torch.no_grad():
-            if module.affine:
-                frozen.weight.copy_(module.weight)
-                frozen.bias.copy_(module.bias)
-            if module.track_running_stats and module.running_mean is not None:
-                frozen.running_mean.copy_(module.running_mean)
-                frozen.running_var.copy_(module.running_var)
-        return frozen
-    for name, child in module.named_children():
-        new = freeze_batch_norm(child)
-        if new is not child:
-            setattr(module, name, new)
-    return module
-
-
-class SimpleFeaturePyramid(nn.Module):
-    """ViTDet's simple feature pyramid from one stride-16 map (Li et al. 2022, §3, Fig. 2c).
-
-    Args:
-        in_chs: channels ``C`` of the stride-16 input.
-        reductions: strides to produce, each of 4, 8, 16, 32.
-
-    Shapes: ``(B, C, H/16, W/16)`` -> list of ``(B, C_r, H/r, W/r)``; ``C_4 = C/4`` (two 2x2
-    stride-2 deconvolutions with LayerNorm + GELU between), ``C_8 = C/2`` (one deconvolution),
-    ``C_16 = C_32 = C`` (identity; 2x2 max-pool). ``channels`` lists ``C_r`` in order.
-
-    Raises:
-        ValueError: a reduction outside {4, 8, 16, 32}.
-    """
-
-    def __init__(self, in_chs: int, reductions: Sequence[int] = (4, 8, 16, 32)):
-        super().__init__()
-        bad = [r for r in reductions if r not in (4, 8, 16, 32)]
-        if bad:
-            raise ValueError(f"SimpleFeaturePyramid: reductions must be among 4, 8, 16, 32; got {list(reductions)}")
-        self.reductions = [int(r) for r in reductions]
-        self.scales = nn.ModuleList()
-        self.channels: List[int] = []
-        for r in self.reductions:
-            if r == 4:
-                op = nn.Sequential(nn.ConvTranspose2d(in_chs, in_chs // 2, 2, 2), LayerNorm2d(in_chs // 2), nn.GELU(),
-                                   nn.ConvTranspose2d(in_chs // 2, in_chs // 4, 2, 2))
-                self.channels.append(in_chs // 4)
-            elif r == 8:
-                op = nn.ConvTranspose2d(in_chs, in_chs // 2, 2, 2)
-                self.channels.append(in_chs // 2)
-            elif r == 16:
-                op = nn.Identity()
-                self.channels.append(in_chs)
-            else:
-                op = nn.MaxPool2d(2, 2, ceil_mode=True)
-                self.channels.append(in_chs)
-            self.scales.append(op)
-
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        return [op(x) for op in self.scales]
-
-
-class DetectionBackbone(nn.Module):
+class DetectionBackbone(MultiScaleBackbone):
     """A visionattn (or any timm ``features_only``) model + per-level LayerNorm + FPN.
 
     Args:
@@ -139,6 +59,7 @@ class DetectionBackbone(nn.Module):
 
     ``forward(x)``: ``(B, 3, H, W)`` float images (any H, W >= the model's minimum; the
     backbones pad internally) -> ``OrderedDict`` of ``(B, out_channels, ceil(H/r), ceil(W/r))``.
+    ``forward_levels(x)``: the normalised maps before the FPN (list of NCHW).
     Attributes: ``out_channels`` (int), ``in_channels_list`` (body channels per level),
     ``reductions``, ``body`` (timm ``FeatureGetterNet``), ``simple_pyramid`` (bool).
 
@@ -160,44 +81,11 @@ class DetectionBackbone(nn.Module):
         out_norm: bool = True,
         frozen_bn: bool = False,
     ):
-        super().__init__()
-        if not timm.is_model(model_name):
-            raise ValueError(f"unknown model {model_name!r}: not registered with timm (see visionattn.list_models())")
-        reductions = [int(r) for r in reductions]
-        if not reductions or sorted(set(reductions)) != reductions:
-            raise ValueError(f"reductions must be strictly ascending strides, got {reductions}")
         if extra_blocks not in _EXTRA_BLOCKS:
             raise ValueError(f"extra_blocks must be one of {_EXTRA_BLOCKS}, got {extra_blocks!r}")
-        kwargs = dict(model_kwargs or {})
-        if pretrained_file:
-            pretrained = True
-            kwargs["pretrained_cfg_overlay"] = dict(file=str(pretrained_file))
-        self.body = timm.create_model(model_name, pretrained=pretrained, features_only=True, **kwargs)
-        if hasattr(self.body.model, "head"):
-            # forward_intermediates never reaches the classifier head; a head that features_only kept
-            # (e.g. MaxViT's norm + pre-logits MLP) would leave parameters without gradients, which DDP rejects
-            self.body.model.head = nn.Identity()
-        if frozen_bn:
-            freeze_batch_norm(self.body)
-        body_reds = [int(r) for r in self.body.feature_info.reduction()]
-        body_chs = [int(c) for c in self.body.feature_info.channels()]
-        taps = select_taps(body_reds, reductions)
-        self.simple_pyramid = taps is None
-        if taps is None:
-            if any(r != 16 for r in body_reds) or any(r not in (4, 8, 16, 32) for r in reductions):
-                raise ValueError(
-                    f"{model_name}: feature_info reductions {body_reds} do not provide strides {reductions} "
-                    "(and are not a plain stride-16 model that a simple feature pyramid could serve)")
-            self.taps = [len(body_reds) - 1]
-            self.pyramid = SimpleFeaturePyramid(body_chs[-1], reductions)
-            in_chs = list(self.pyramid.channels)
-        else:
-            self.taps = taps
-            self.pyramid = None
-            in_chs = [body_chs[i] for i in taps]
-        self.reductions = reductions
-        self.in_channels_list = in_chs
-        self.norms = nn.ModuleList([LayerNorm2d(c) if out_norm else nn.Identity() for c in in_chs])
+        super().__init__(model_name, pretrained=pretrained, pretrained_file=pretrained_file,
+                         model_kwargs=model_kwargs, reductions=reductions, out_norm=out_norm, frozen_bn=frozen_bn)
+        in_chs = self.in_channels_list
         if extra_blocks == "maxpool":
             extra = LastLevelMaxPool()
         elif extra_blocks == "p6p7":
@@ -206,25 +94,6 @@ class DetectionBackbone(nn.Module):
             extra = None
         self.fpn = FeaturePyramidNetwork(in_chs, out_channels, extra_blocks=extra)
         self.out_channels = int(out_channels)
-
-    @property
-    def model(self) -> nn.Module:
-        """The wrapped timm model (``group_matcher``, ``no_weight_decay``, ...)."""
-        return self.body.model
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        """Body parameter names (prefixed ``body.model.``) the model excludes from weight decay."""
-        fn = getattr(self.model, "no_weight_decay", None)
-        return {f"body.model.{n}" for n in (fn() if fn is not None else ())}
-
-    def forward_levels(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """The normalised multi-scale maps before the FPN: list of ``(B, C_i, H/r_i, W/r_i)``."""
-        feats = self.body(x)
-        feats = [feats[i] for i in self.taps]
-        if self.pyramid is not None:
-            feats = self.pyramid(feats[0])
-        return [norm(f) for norm, f in zip(self.norms, feats)]
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         feats = self.forward_levels(x)
