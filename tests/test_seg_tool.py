@@ -218,3 +218,134 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         assert tool.cli(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and needle in err and "\n" not in err, (argv, err)
+
+
+# ------------------------------------------------------------------------------------- runs on camvid_mini
+def _records(path: Path):
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+@needs_camvid
+def test_train_then_eval_writes_everything(tmp_path):
+    """A few iterations of UPerNet on a shrunk NAT, then ``eval`` of the checkpoint: the files the
+    README promises, their contents, and the LR of each iteration against mmcv's rule."""
+    cfg = _tiny_config(tmp_path / "tiny.yaml")
+    out = tmp_path / "run"
+    summary = tool.main(["train", "-c", str(cfg), "--data-dir", str(CAMVID), "--output", str(out)])
+    assert summary["iters_done"] == 4 and len(summary["evals"]) == 1
+    names = {p.name for p in out.iterdir()}
+    assert {"last.pth.tar", "iterations.jsonl", "log.csv", "eval.json", "eval.md", "eval_iter4.json", "curves.png",
+            "summary.json"} <= names
+    recs = _records(out / "iterations.jsonl")
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    assert [r["lr"] for r in recs] == pytest.approx([_mmcv_lr(t, 1e-3, 4, 1.0, 0.0, 2, 1e-6) for t in range(4)])
+    assert all(r["loss"] == pytest.approx(r["loss_decode"] + 0.4 * r["loss_aux"], rel=1e-4) for r in recs)
+    classes = (CAMVID / "classes.txt").read_text().split()
+    ev = json.loads((out / "eval.json").read_text())
+    assert list(ev["IoU"]) == classes and ev["num_images"] == 3 and 0 <= ev["mIoU"] <= 1
+    md = (out / "eval.md").read_text()
+    assert md.count("\n| ") == 1 + len(classes) and "mIoU" in md.splitlines()[0]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpt = torch.load(out / "last.pth.tar", weights_only=True)
+    assert ckpt["iter"] == 4 and ckpt["classes"] == classes and {"model", "optimizer", "scheduler", "rng"} <= set(ckpt)
+    # eval of the checkpoint: same numbers as the training run's final evaluation; triptychs written
+    pred_dir = tmp_path / "pred"
+    res = tool.main(["eval", "--checkpoint", str(out / "last.pth.tar"), "--data-dir", str(CAMVID),
+                     "--max-val-images", "3", "--workers", "0", "--no-progress", "--output", str(tmp_path / "ev"),
+                     "--save-predictions", str(pred_dir)])
+    assert res["mIoU"] == pytest.approx(ev["mIoU"], abs=1e-12) and res["IoU"] == pytest.approx(ev["IoU"], nan_ok=True)
+    pngs = sorted(pred_dir.glob("*.png"))
+    assert len(pngs) == 3
+    from PIL import Image
+    with Image.open(pngs[0]) as im:
+        assert im.width >= 3 * 480 and im.height >= 360  # image | ground truth | prediction, full size
+    # a checkpoint trained on other classes is refused for this data
+    other = tmp_path / "other"
+    for sub in ("images/validation", "annotations/validation"):
+        (other / sub).mkdir(parents=True)
+    first = sorted((CAMVID / "images" / "validation").glob("*.jpg"))[0]
+    (other / "images/validation" / first.name).write_bytes(first.read_bytes())
+    (other / "annotations/validation" / f"{first.stem}.png").write_bytes(
+        (CAMVID / "annotations" / "validation" / f"{first.stem}.png").read_bytes())
+    (other / "classes.txt").write_text("\n".join(classes[:-1] + ["Cyclist"]) + "\n")
+    with pytest.raises(UsageError, match="trained on 11 classes"):
+        tool.main(["eval", "--checkpoint", str(out / "last.pth.tar"), "--data-dir", str(other), "--workers", "0"])
+
+
+def _copy_pairs(dst: Path, n: int = 2) -> list:
+    pairs = []
+    for split in ("training", "validation"):
+        (dst / "images" / split).mkdir(parents=True)
+        (dst / "annotations" / split).mkdir(parents=True)
+        for img in sorted((CAMVID / "images" / split).glob("*.jpg"))[:n]:
+            lab = CAMVID / "annotations" / split / f"{img.stem}.png"
+            (dst / "images" / split / img.name).write_bytes(img.read_bytes())
+            (dst / "annotations" / split / lab.name).write_bytes(lab.read_bytes())
+            pairs.append((dst / "images" / split / img.name, dst / "annotations" / split / lab.name))
+    (dst / "classes.txt").write_text((CAMVID / "classes.txt").read_text())
+    return pairs
+
+
+@needs_camvid
+@pytest.mark.parametrize("defect", ["corrupt_image", "label_out_of_range", "size_mismatch"])
+def test_bad_data_gives_one_line_error_naming_the_file(tmp_path, capsys, defect):
+    from PIL import Image
+    data = tmp_path / "data"
+    (img, lab), *_ = _copy_pairs(data)
+    if defect == "corrupt_image":
+        img.write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+        culprit = img
+    elif defect == "label_out_of_range":
+        arr = np.array(Image.open(lab))
+        arr[:4, :4] = 40  # 11 classes: 1..11 and 0 = ignore are the only valid values
+        Image.fromarray(arr).save(lab)
+        culprit = lab
+    else:
+        Image.open(lab).resize((240, 180), Image.NEAREST).save(lab)
+        culprit = lab
+    cfg = _tiny_config(tmp_path / "tiny.yaml", iters=1, max_train_images=None, max_val_images=None)
+    rc = tool.cli(["train", "-c", str(cfg), "--data-dir", str(data), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "\n" not in err and str(culprit) in err, err
+
+
+@needs_camvid
+@pytest.mark.slow
+def test_resume_is_exact(tmp_path):
+    """Killed after iteration 3 and resumed (CPU, fixed seed, workers 0): the same weights, the
+    same per-iteration losses as the uninterrupted run."""
+    cfg = _tiny_config(tmp_path / "tiny.yaml", iters=6, eval_interval=0, max_val_images=2)
+    common = ["-c", str(cfg), "--data-dir", str(CAMVID)]
+    full = tool.main(["train", *common, "--output", str(tmp_path / "full")])
+    part = tool.main(["train", *common, "--output", str(tmp_path / "part"), "--stop-after-iter", "3"])
+    assert part["iters_done"] == 3 and full["iters_done"] == 6
+    assert tool.cli(["train", *common, "--output", str(tmp_path / "part")]) == 2  # not empty, no --resume
+    resumed = tool.main(["train", *common, "--output", str(tmp_path / "part"), "--resume", "auto"])
+    assert resumed["iters_done"] == 6
+    a = torch.load(tmp_path / "full" / "last.pth.tar", weights_only=True)
+    b = torch.load(tmp_path / "part" / "last.pth.tar", weights_only=True)
+    assert a["iter"] == b["iter"] == 6
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    la, lb = _records(tmp_path / "full" / "iterations.jsonl"), _records(tmp_path / "part" / "iterations.jsonl")
+    assert [r["step"] for r in lb] == list(range(1, 7)) and [r["loss"] for r in la] == [r["loss"] for r in lb]
+
+
+@needs_camvid
+@pytest.mark.slow
+def test_torchrun_two_process_gloo(tmp_path):
+    """``torchrun --nproc_per_node=2`` on CPU (gloo): one log record per step from rank 0, the
+    sharded evaluation summed over both ranks equals a one-process ``eval`` of the same weights."""
+    cfg = _tiny_config(tmp_path / "tiny.yaml", iters=2, max_val_images=5, norm="syncbn")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tools" / "seg.py"), "train", "-c", str(cfg), "--data-dir", str(CAMVID), "--device", "cpu",
+           "--output", str(tmp_path / "ddp")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["step"] for r in _records(tmp_path / "ddp" / "iterations.jsonl")] == [1, 2]
+    ddp_eval = json.loads((tmp_path / "ddp" / "eval.json").read_text())
+    assert ddp_eval["num_images"] == 5
+    one = tool.main(["eval", "--checkpoint", str(tmp_path / "ddp" / "last.pth.tar"), "--data-dir", str(CAMVID),
+                     "--max-val-images", "5", "--workers", "0", "--no-progress", "--output", str(tmp_path / "one")])
+    assert one["mIoU"] == pytest.approx(ddp_eval["mIoU"], abs=1e-12)
+    assert one["aAcc"] == pytest.approx(ddp_eval["aAcc"], abs=1e-12)

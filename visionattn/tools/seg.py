@@ -23,7 +23,7 @@ of the current iteration by the warm-up factor, so timm's cannot reproduce it ex
 Distributed: launch with ``torchrun --nproc_per_node=G``; NCCL on CUDA, gloo on CPU. Each rank
 draws its own shard of a seeded permutation per pass over the data; evaluation shards the
 validation images and sums the confusion matrices. ``--norm syncbn`` turns the heads' BatchNorm
-into SyncBatchNorm under DDP.
+into SyncBatchNorm under DDP on CUDA (torch's SyncBatchNorm has no CPU kernel: on CPU it stays BatchNorm).
 
 Outputs in ``--output``: ``last.pth.tar`` (model, optimizer, scheduler, grad scaler, iteration,
 RNG states of every rank, arguments, class names; written atomically every
@@ -531,10 +531,9 @@ def build_model(args, num_classes: int, pretrained: bool) -> nn.Module:
     name = args.model
     if pretrained and isinstance(args.pretrained, str):  # a pretrained tag from a config (in22k, in1k, ...)
         name = f"{name.split('.')[0]}.{args.pretrained}"
-    if pretrained and args.pretrained_file:
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(args.pretrained_file))
     try:
-        return seg.build_segmentor(name, args.head, num_classes, pretrained=pretrained, aux_head=args.aux_head,
+        return seg.build_segmentor(name, args.head, num_classes, pretrained=pretrained,
+                                   pretrained_file=args.pretrained_file if pretrained else None, aux_head=args.aux_head,
                                    norm="bn", channels=args.channels, backbone_kwargs=kwargs)
     except (ValueError, TypeError) as e:
         raise UsageError(f"cannot build {args.head} on {args.model}: {e}") from None
@@ -558,7 +557,8 @@ def evaluate(model: nn.Module, ds, args, device: torch.device, autocast_dtype: O
     """aAcc / mIoU / mAcc and per-class IoU / Acc of ``model`` on ``ds`` (one image at a time, as
     mmseg tests). Each rank takes images ``rank, rank + world, ...``; the confusion matrices are
     summed over ranks inside :class:`~visionattn.segmentation.SegMetric`, so every rank returns the
-    same numbers. Inference: ``args.eval_mode`` (whole / slide with ``eval_crop``/``eval_stride``),
+    same numbers; the BatchNorm running statistics of rank 0 (those the checkpoint saves) are
+    broadcast first, as mmseg's ``DistEvalHook(broadcast_bn_buffer=True)``. Inference: ``args.eval_mode`` (whole / slide with ``eval_crop``/``eval_stride``),
     ``args.aug_test`` (scales ``aug_ratios`` and flip); logits are resized to the label's size.
     With ``save_dir``, each rank writes ``<image stem>.png`` triptychs (image | ground truth |
     prediction) for its first ``args.max_predictions`` images (all when None)."""
@@ -568,6 +568,10 @@ def evaluate(model: nn.Module, ds, args, device: torch.device, autocast_dtype: O
     net.eval()
     rank = dist.get_rank() if is_distributed() else 0
     world = dist.get_world_size() if is_distributed() else 1
+    if world > 1:  # every rank scores with rank 0's BatchNorm statistics (mmseg's DistEvalHook broadcast_bn_buffer)
+        for name, buf in net.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                dist.broadcast(buf, 0)
     k = int(net.num_classes)
     metric = seg.SegMetric(k, ignore_index=255)
     indices = list(range(rank, len(ds), world))
@@ -751,7 +755,10 @@ def train(args, ckpt: Optional[Dict[str, Any]], info: Dict[str, Any]) -> Dict[st
     model = build_model(args, len(classes), pretrained=bool(args.pretrained) and ckpt is None)
     model.to(device)
     if args.norm == "syncbn" and info["distributed"]:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif _is_main():  # torch's SyncBatchNorm runs on CUDA only
+            print("note: --norm syncbn needs CUDA; the heads keep per-process BatchNorm on CPU", file=sys.stderr)
     try:
         groups = param_groups(model, args.lr, args.weight_decay, args.no_decay_keywords, args.layer_decay,
                               no_decay_1d=args.no_decay_1d)
