@@ -218,8 +218,8 @@ def resolve_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Opt
     explicit = {k: v for k, v in vars(raw).items() if v is not None}
     command = explicit.pop("command")
     config_path = explicit.pop("config", None)
-    config = load_config(config_path, _subparser(parser, command), program=f"{PROGRAM} {command}") \
-        if config_path else {}
+    # a recipe file holds train flags; eval reads the same files (the model, head and data settings it needs)
+    config = load_config(config_path, _subparser(parser, "train"), program=PROGRAM) if config_path else {}
     if "model_kwargs" in explicit:
         explicit["model_kwargs"] = parse_model_kwargs(explicit["model_kwargs"])
     resume = explicit.pop("resume", None)
