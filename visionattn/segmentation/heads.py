@@ -19,7 +19,8 @@ which the NAT/DiNAT, CSWin, BiFormer, DaViT and Agent-Attention segmentation con
   PVT / Agent-PVT / CSWin / BiFormer "Semantic FPN" configs use it): mmseg's FPN neck (1x1
   laterals and 3x3 output convs, both with bias and no norm, nearest-neighbour top-down
   upsampling, 256 channels, 4 outputs), here torchvision's ``FeaturePyramidNetwork`` which has
-  exactly that structure and parameter count; then mmseg's ``FPNHead``: per level
+  exactly that structure and parameter count (its convs start from kaiming-uniform, mmseg's from
+  xavier-uniform); then mmseg's ``FPNHead``: per level
   ``max(1, log2(stride / 4))`` 3x3 ConvModules to 128 channels each followed by a 2x bilinear
   upsample (none for stride 4), the levels summed at stride 4, dropout 0.1, 1x1 classifier.
 
@@ -47,9 +48,10 @@ __all__ = ["ConvModule", "UPerHead", "FCNHead", "SemanticFPN", "norm_layer"]
 
 
 def norm_layer(norm: str):
-    """``'bn'`` -> ``nn.BatchNorm2d``; ``'syncbn'`` -> ``nn.SyncBatchNorm`` (needs an initialised
-    process group with CUDA tensors when training; converts to BatchNorm semantics otherwise,
-    see ``torch.nn.SyncBatchNorm``). Raises ``ValueError`` otherwise."""
+    """``'bn'`` -> ``nn.BatchNorm2d``; ``'syncbn'`` -> ``nn.SyncBatchNorm`` (the papers' choice:
+    batch statistics over all GPUs). SyncBN synchronises only in training with more than one
+    process, and then needs CUDA tensors (torch raises ``ValueError`` for CPU tensors under gloo);
+    in a single process it behaves as BatchNorm. Raises ``ValueError`` for any other name."""
     if norm == "bn":
         return nn.BatchNorm2d
     if norm == "syncbn":

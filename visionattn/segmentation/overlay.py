@@ -16,7 +16,8 @@ ArrayLike = Union[torch.Tensor, np.ndarray]
 
 def _label_array(mask: ArrayLike) -> np.ndarray:
     arr = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-    arr = np.squeeze(arr)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
     if arr.ndim != 2:
         raise ValueError(f"a label map must be (H, W), got shape {arr.shape}")
     return arr.astype(np.int64)
