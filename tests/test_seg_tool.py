@@ -330,6 +330,22 @@ def test_train_then_eval_writes_everything(tmp_path):
         tool.main(["eval", "--checkpoint", str(out / "last.pth.tar"), "--data-dir", str(other), "--workers", "0"])
 
 
+@needs_camvid
+def test_train_semantic_fpn_with_bf16_amp_layer_decay_and_clipping(tmp_path):
+    """The other head and the optional optimisation paths through the program: Semantic FPN, bf16
+    autocast on CPU, layer-wise LR decay, gradient clipping."""
+    cfg = _tiny_config(tmp_path / "tiny.yaml", head="fpn", iters=2, max_val_images=1)
+    out = tmp_path / "fpn"
+    summary = tool.main(["train", "-c", str(cfg), "--data-dir", str(CAMVID), "--output", str(out), "--amp",
+                         "--layer-decay", "0.8", "--clip-grad", "1.0"])
+    recs = _records(out / "iterations.jsonl")
+    assert summary["iters_done"] == 2 and all(math.isfinite(r["loss"]) for r in recs)
+    assert "loss_aux" not in recs[0]  # Semantic FPN has no auxiliary head
+    ckpt = torch.load(out / "last.pth.tar", weights_only=True)
+    scales = sorted({g["lr_scale"] for g in ckpt["optimizer"]["param_groups"]})
+    assert len(scales) > 2 and scales[-1] == 1.0 and scales[0] < 0.8 ** 3
+
+
 def _copy_pairs(dst: Path, n: int = 2) -> list:
     pairs = []
     for split in ("training", "validation"):
