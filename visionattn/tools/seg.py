@@ -52,7 +52,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -558,8 +558,9 @@ def evaluate(model: nn.Module, ds, args, device: torch.device, autocast_dtype: O
     mmseg tests). Each rank takes images ``rank, rank + world, ...``; the confusion matrices are
     summed over ranks inside :class:`~visionattn.segmentation.SegMetric`, so every rank returns the
     same numbers; the BatchNorm running statistics of rank 0 (those the checkpoint saves) are
-    broadcast first, as mmseg's ``DistEvalHook(broadcast_bn_buffer=True)``. Inference: ``args.eval_mode`` (whole / slide with ``eval_crop``/``eval_stride``),
-    ``args.aug_test`` (scales ``aug_ratios`` and flip); logits are resized to the label's size.
+    broadcast first, as mmseg's ``DistEvalHook(broadcast_bn_buffer=True)``. Inference:
+    ``args.eval_mode`` (whole / slide with ``eval_crop``/``eval_stride``), ``args.aug_test``
+    (scales ``aug_ratios`` and flip); logits are resized to the label's size.
     With ``save_dir``, each rank writes ``<image stem>.png`` triptychs (image | ground truth |
     prediction) for its first ``args.max_predictions`` images (all when None)."""
     seg = _seg()
