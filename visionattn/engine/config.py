@@ -95,7 +95,7 @@ def _convert_config_value(action: argparse.Action, value: Any, path: Path, key: 
         raise UsageError(f"--config {path}: {key} must be a mapping or a list of key=value strings")
     if action.dest == "pretrained":
         return value if isinstance(value, (bool, str)) else str(value)
-    if isinstance(action, argparse._StoreTrueAction):
+    if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
         if not isinstance(value, bool):
             raise UsageError(f"--config {path}: {key} must be true or false, got {value!r}")
         return value
