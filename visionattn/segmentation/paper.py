@@ -59,7 +59,8 @@ PAPER_SEGMENTATION: Dict[str, Dict[str, dict]] = {
     "dinat_tiny": _nat("tiny", 58, 47.8, 48.8, "dinat"),
     "dinat_small": _nat("small", 82, 48.9, 49.9, "dinat"),
     "dinat_base": _nat("base", 123, 49.6, 50.4, "dinat"),
-    "dinat_large": _nat("large", 238, 53.5, 54.6, "dinat", crop=640, pretrain="in22k"),
+    # segmentation/DiNAT.md at the repository's newest commit (d334f5b, May 2024); older revisions read 53.5 / 54.6
+    "dinat_large": _nat("large", 238, 54.0, 54.9, "dinat", crop=640, pretrain="in22k"),
     "dinat_s_tiny": _nat("tiny", 60, 46.0, 47.4, "dinat_s"),
     "dinat_s_small": _nat("small", 81, 48.6, 49.9, "dinat_s"),
     "dinat_s_base": _nat("base", 121, 49.4, 50.2, "dinat_s"),
