@@ -17,7 +17,8 @@ Baselines:
   ``BiFormer`` (rayleizhu/BiFormer ``models/biformer.py``), ``CSWin-Transformer``
   (microsoft/CSWin-Transformer ``models/cswin.py``), ``Agent-Attention`` (LeapLabTHU/Agent-Attention
   ``agent_transformer/models/agent_{deit,pvt,swin,cswin}.py``), ``davit`` (dingmyu/davit
-  ``timm/models/davit.py``). They are imported by file with small shims for the old timm APIs
+  ``timm/models/davit.py``), ``VAN-Classification`` (Visual-Attention-Network/VAN-Classification
+  ``models/van.py``). They are imported by file with small shims for the old timm APIs
   they expect (``register_model`` made a no-op so they do not overwrite this zoo's timm
   registrations; ``fairscale.nn.checkpoint.checkpoint_wrapper`` as identity; the old fork's
   ``.helpers/.layers/.registry/.vision_transformer`` for DaViT). Their ``einops`` dependency
@@ -210,6 +211,12 @@ def official_factories(official_dir: Path) -> Dict[str, Tuple[str, Factory]]:
     add("Agent-DeiT", "official:LeapLabTHU/Agent-Attention agent_deit_tiny", agent("deit"))
     add("Agent-CSwin", "official:LeapLabTHU/Agent-Attention Agent_CSWin_64_24181_tiny_224", agent("cswin"))
     add("DaViT", "official:dingmyu/davit DaViT_tiny", davit)
+
+    def van():
+        m = _import_from_repo(official_dir / "VAN-Classification", "models.van")
+        return lambda: m.van_b0(drop_path_rate=0.0)
+
+    add("VAN", "official:Visual-Attention-Network/VAN-Classification van_b0", van)
     return out
 
 
@@ -225,6 +232,7 @@ FAMILY_MODELS: Dict[str, Tuple[str, List[str]]] = {
     "Agent-PVT": ("agent_pvt_tiny", []),
     "Agent-DeiT": ("agent_deit_tiny", []),
     "Agent-CSwin": ("agent_cswin_tiny", []),
+    "VAN": ("van_b0", []),
 }
 
 

@@ -40,6 +40,8 @@ FACTS = [
     ("davit_tiny_va", "clip_grad", 1.0), ("davit_tiny_va", "lr", 1e-3),
     ("agent_swin_tiny", "drop_path", 0.2), ("agent_swin_base", "drop_path", 0.5), ("agent_pvt_tiny", "drop_path", 0.1),
     ("agent_cswin_base", "weight_decay", 0.1), ("agent_cswin_small", "model_ema_decay", 0.99984),
+    ("van_b0", "lr", 1e-3), ("van_b0", "drop_path", 0.1), ("van_b3", "drop_path", 0.2), ("van_b0", "min_lr", 1e-6),
+    ("van_b0", "batch_size", 128),
 ]
 GLOBAL_BATCH = {"dinat_tiny": 1024, "biformer_small": 1024, "cswin_tiny": 2048, "cswin_base": 1024,
                 "maxvit_tiny": 4096, "maxvit_tiny_384": 512, "davit_tiny_va": 1024, "agent_swin_tiny": 1024,
@@ -52,7 +54,7 @@ def _raw(name: str) -> dict:
 
 def test_every_registered_model_has_exactly_one_config():
     names = set(visionattn.list_models())
-    assert len(names) == 72
+    assert len(names) == 79
     assert {p.stem for p in CONFIGS} == names
 
 

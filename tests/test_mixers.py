@@ -16,7 +16,7 @@ from visionattn.engine.flops import count_gmacs, unexpected_uncounted
 
 BUILTIN = [
     "agent", "bra", "cswin", "davit_channel", "dina", "dwconv", "identity", "maxvit_block", "maxvit_grid",
-    "mhsa", "na", "pool", "swin", "swin_shift",
+    "mhsa", "na", "pool", "swin", "swin_shift", "lka",
 ]
 # square, odd and not divisible by the 7-token windows / regions / stripes, tiny
 SIZES = [(14, 14), (9, 13), (5, 3), (1, 2)]
@@ -85,6 +85,7 @@ def _nchw(mixer: nn.Module) -> nn.Module:
         ("davit_channel", {}, 4 * 196 * 32**2 + 2 * 196 * 32**2 // 2),
         ("pool", {}, 0),
         ("identity", {}, 0),
+        ("lka", {}, 3 * 196 * 32**2 + 196 * 32 * (25 + 49)),
     ],
 )
 def test_flops_follow_documented_cost(name, kwargs, expected):

@@ -33,6 +33,7 @@ from .layers.agent import AgentAttention
 from .layers.baseline import DepthwiseConvMixer, IdentityMixer, PoolMixer
 from .layers.channel import ChannelGroupAttention
 from .layers.cross_shaped import CrossShapedWindowAttention
+from .layers.lka import LargeKernelAttention
 from .layers.neighborhood import NeighborhoodAttention2d
 from .layers.routing import BiLevelRoutingAttention
 from .layers.window import WindowAttention
@@ -361,4 +362,23 @@ register_mixer(
 register_mixer(
     "identity", _identity, description="no token mixing (IdentityMixer): the floor of the ablation", kwargs={}, cost="0",
     paper="Yu et al., MetaFormer Baselines for Vision, TPAMI 2023 (IdentityFormer)",
+)
+
+
+def _lka(dim, num_heads, kernel_size=21, dilation=3, shortcut=True, proj_drop=0.0):
+    return LargeKernelAttention(dim, kernel_size, dilation, shortcut=shortcut, proj_drop=proj_drop)
+
+
+register_mixer(
+    "lka", _lka,
+    description="VAN large-kernel attention: 1x1, GELU, LKA (depthwise (2d-1)^2 -> depthwise ceil(K/d)^2 dilated d -> 1x1, "
+    "times its input), 1x1, plus the mixer's own shortcut; no heads (num_heads is ignored) (LargeKernelAttention)",
+    kwargs={
+        "kernel_size": "receptive field K of the decomposed convolution (21)",
+        "dilation": "dilation d of the long-range depthwise conv (3: kernels 5x5 and 7x7)",
+        "shortcut": "add the mixer's input to its output, as VAN's official Attention does (True)",
+        **_DROP,
+    },
+    cost="3*N*C^2 (proj_1, LKA 1x1, proj_2) + N*C*((2d-1)^2 + ceil(K/d)^2) (depthwise; VAN: 74*N*C)",
+    paper="Guo et al., Visual Attention Network, CVMJ 2023, Sec. 3.1-3.2 (Visual-Attention-Network/VAN-Classification)",
 )

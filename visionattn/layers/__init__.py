@@ -14,6 +14,7 @@ from .conv import (
     PatchMerging,
 )
 from .cross_shaped import CrossShapedWindowAttention
+from .lka import LKA, BatchNormNHWC, DWConvMlp, LargeKernelAttention
 from .neighborhood import NeighborhoodAttention2d
 from .pos import relative_position_bias, relative_position_index, resize_rel_pos_table
 from .routing import AttentionLePE, BiLevelRoutingAttention
@@ -27,6 +28,10 @@ __all__ = [
     "CrossShapedWindowAttention",
     "NeighborhoodAttention2d",
     "WindowAttention",
+    "LKA",
+    "LargeKernelAttention",
+    "DWConvMlp",
+    "BatchNormNHWC",
     "TransformerBlock",
     "ConvBNStem",
     "ConvDownsampler",

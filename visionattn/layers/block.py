@@ -35,6 +35,9 @@ class TransformerBlock(nn.Module):
         pos: optional module applied first, ``x = pos(x)`` (it includes its own residual).
         pos2: optional module applied between the two branches, before the MLP branch (DaViT's
             second ConvPosEnc, ``cpe2``); like ``pos`` it includes its own residual.
+        mlp_layer: MLP constructor called as ``mlp_layer(dim, hidden, act_layer=..., drop=...)``
+            (default timm's ``Mlp``; VAN: :class:`~visionattn.layers.lka.DWConvMlp`, timm's name
+            and signature for this hook).
 
     Shapes: ``(..., C) -> (..., C)``.
 
@@ -57,6 +60,7 @@ class TransformerBlock(nn.Module):
         mlp_drop: float = 0.0,
         pos: Optional[nn.Module] = None,
         pos2: Optional[nn.Module] = None,
+        mlp_layer: Callable[..., nn.Module] = Mlp,
     ):
         super().__init__()
         self.pos = pos
@@ -66,7 +70,7 @@ class TransformerBlock(nn.Module):
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if mlp_ratio > 0:
             self.norm2 = norm_layer(dim)
-            self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=mlp_drop)
+            self.mlp = mlp_layer(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=mlp_drop)
             self.ls2 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
             self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         else:

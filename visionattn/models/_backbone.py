@@ -88,17 +88,21 @@ torch.fx.wrap("_check_image")
 
 
 class Stage(nn.Module):
-    """One resolution stage on NHWC tokens: optional ``downsample`` then a sequence of ``blocks``.
+    """One resolution stage on NHWC tokens: optional ``downsample``, a sequence of ``blocks``,
+    then an optional ``norm``.
 
     Args:
         blocks: the stage's blocks, each ``(B, H, W, C) -> (B, H, W, C)``.
         downsample: module applied first (``(B, H, W, C_in) -> (B, H', W', C)``) or None.
+        norm: module applied to the stage's output (VAN's per-stage LayerNorm, which feeds the
+            next stage and the feature taps) or None. Key ``norm``.
     """
 
-    def __init__(self, blocks: Sequence[nn.Module], downsample: Optional[nn.Module] = None):
+    def __init__(self, blocks: Sequence[nn.Module], downsample: Optional[nn.Module] = None, norm: Optional[nn.Module] = None):
         super().__init__()
         self.downsample = downsample if downsample is not None else nn.Identity()
         self.blocks = nn.Sequential(*blocks)
+        self.norm = norm if norm is not None else nn.Identity()
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +111,7 @@ class Stage(nn.Module):
             x = checkpoint_seq(self.blocks, x)
         else:
             x = self.blocks(x)
-        return x
+        return self.norm(x)
 
 
 class HierarchicalBackbone(nn.Module):
@@ -194,7 +198,12 @@ class HierarchicalBackbone(nn.Module):
             stem=r"^stem",
             blocks=r"^stages\.(\d+)"
             if coarse
-            else [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))],
+            else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^stages\.(\d+)\.norm", (99999,)),
+                (r"^norm", (99999,)),
+            ],
         )
 
     @torch.jit.ignore

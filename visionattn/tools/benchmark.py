@@ -133,6 +133,8 @@ PAPER_GMACS: Dict[str, Tuple[float, str]] = {
     "davit_large_va": (34.6, "timm benchmark CSV (no official 224 number)"),
     "davit_huge_va": (61.23, "timm benchmark CSV (no official 224 number)"),
     "davit_giant_va": (192.92, "timm benchmark CSV (no official 224 number)"),
+    **{k: (v, "VAN-Classification README") for k, v in {"van_b0": 0.9, "van_b1": 2.5, "van_b2": 5.0, "van_b3": 9.0}.items()},
+    "van_b4": (12.22, "mmclassification 0.x VAN README (official B4 weights converted)"),
 }
 
 #: Zoo models that timm implements too (same architecture, same weights layout up to renaming).
@@ -147,7 +149,7 @@ FAMILIES: Tuple[Tuple[str, str], ...] = (
     ("agent_deit", "Agent-DeiT"), ("agent_pvt", "Agent-PVT"), ("agent_swin", "Agent-Swin"),
     ("agent_cswin", "Agent-CSwin"), ("biformer", "BiFormer"), ("cswin", "CSWin"), ("davit", "DaViT"),
     ("nat_isotropic", "NAT-iso"), ("dinat_isotropic", "NAT-iso"), ("vitrpb", "NAT-iso"),
-    ("dinat_s_", "DiNAT-s"), ("dinat", "DiNAT"), ("nat", "NAT"), ("maxvit", "MaxViT"),
+    ("dinat_s_", "DiNAT-s"), ("dinat", "DiNAT"), ("nat", "NAT"), ("maxvit", "MaxViT"), ("van_", "VAN"),
 )
 
 PRECISIONS = ("float32", "amp", "amp_float16", "amp_bfloat16", "float16", "bfloat16")
