@@ -14,6 +14,7 @@ from .conv import (
     PatchMerging,
 )
 from .cross_shaped import CrossShapedWindowAttention
+from .inline import InLineAttention
 from .neighborhood import NeighborhoodAttention2d
 from .pos import relative_position_bias, relative_position_index, resize_rel_pos_table
 from .routing import AttentionLePE, BiLevelRoutingAttention
@@ -25,6 +26,7 @@ __all__ = [
     "BiLevelRoutingAttention",
     "ChannelGroupAttention",
     "CrossShapedWindowAttention",
+    "InLineAttention",
     "NeighborhoodAttention2d",
     "WindowAttention",
     "TransformerBlock",

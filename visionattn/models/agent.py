@@ -25,6 +25,10 @@ Agent-CSwin's agent "windows" of 56/28/14 at 224 are the whole map, reference se
 * Agent-CSwin: the CSWin body of :mod:`visionattn.models.cswin` (its ``mixer_fn`` hook) with agent
   attention in all blocks of stages 1-2 and CSWin's LePE stripe attention in stages 3-4.
 
+The four bodies take that mixer as a parameter (``mixer_layer``, a :data:`MixerFactory`; default
+:func:`agent_mixer`), so other mixers reuse the macro-architectures unchanged: InLine attention
+(:mod:`visionattn.models.inline`) is these bodies with :class:`~visionattn.layers.inline.InLineAttention`.
+
 Resolution: the official models fix the bias tables (``ah/aw/ha/wa_bias``) and position
 embeddings at construction and fail at any other input size. Here the tables keep the official
 shapes of the size the model is built for (``img_size``, so parameter counts and checkpoints match
@@ -72,7 +76,7 @@ from ._registry import build_model, check_state_dict, register_model, unwrap_sta
 
 torch.fx.wrap("resample_abs_pos_embed")  # a leaf of FX graphs (timm registers it for its own tracer)
 
-__all__ = ["AgentPVT", "AgentDeiT", "AgentSwin", "AgentCSWin", "PosPatchEmbed", "TokenHead", "checkpoint_filter_fn"]
+__all__ = ["AgentPVT", "AgentDeiT", "AgentSwin", "AgentCSWin", "PosPatchEmbed", "TokenHead", "MixerFactory", "agent_mixer", "checkpoint_filter_fn"]
 
 _LN6 = partial(nn.LayerNorm, eps=1e-6)
 
