@@ -353,7 +353,7 @@ register_mixer(
         **_DROP,
     },
     cost=f"{_LIN} + 2*N*C^2/m (K^T V and Q (K^T V), m heads) + 10*C^2/m (kernel MLP, per image) "
-    "+ 9*N*C (local conv; element-wise, not counted) [+ 9*N*C with lepe]",
+    "+ 9*N*C (local conv) [+ 9*N*C with lepe]",
     paper="Han et al., Bridging the Divide: Reconsidering Softmax and Linear Attention, NeurIPS 2024 (LeapLabTHU/InLine)",
 )
 register_mixer(

@@ -57,6 +57,19 @@ def _phi(x: torch.Tensor, kernel_func: str) -> torch.Tensor:
     return x
 
 
+def _shifted_dwconv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """:func:`dynamic_dwconv3x3` as nine shifted multiply-adds on the zero-padded NHWC map."""
+    B, H, W, C = x.shape
+    xp = F.pad(x, (0, 0, 1, 1, 1, 1))
+    w = weight.transpose(1, 2).reshape(B, 9, 1, 1, C).to(x.dtype)
+    out = xp[:, 0:H, 0:W] * w[:, 0]
+    for t in range(1, 9):
+        di, dj = t // 3, t % 3
+        out = out + xp[:, di:di + H, dj:dj + W] * w[:, t]
+    return out
+
+
+@register_notrace_function  # a leaf of FX graphs: it branches on the batch size
 def dynamic_dwconv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Per-image, per-channel 3x3 depthwise cross-correlation of NHWC maps, zero padding 1.
 
@@ -68,17 +81,14 @@ def dynamic_dwconv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(B, H, W, C)``: ``out[b, h, w, c] = sum_{di, dj} weight[b, c, 3 di + dj] x[b, h+di-1, w+dj-1, c]``.
 
-    Computed as nine shifted multiply-adds on the padded NHWC map (no per-image grouped conv, so it
-    stays NHWC, handles empty batches and traces without graph breaks).
+    One grouped ``F.conv2d`` over the batch folded into channels (``B * C`` groups, as the official
+    code); an empty batch (zero groups, which ``conv2d`` refuses) takes nine shifted multiply-adds.
     """
     B, H, W, C = x.shape
-    xp = F.pad(x, (0, 0, 1, 1, 1, 1))
-    w = weight.transpose(1, 2).reshape(B, 9, 1, 1, C).to(x.dtype)
-    out = xp[:, 0:H, 0:W] * w[:, 0]
-    for t in range(1, 9):
-        di, dj = t // 3, t % 3
-        out = out + xp[:, di:di + H, dj:dj + W] * w[:, t]
-    return out
+    if B * C == 0:
+        return _shifted_dwconv3x3(x, weight)
+    y = F.conv2d(x.permute(0, 3, 1, 2).reshape(1, B * C, H, W), weight.reshape(B * C, 1, 3, 3).to(x.dtype), padding=1, groups=B * C)
+    return y.reshape(B, C, H, W).permute(0, 2, 3, 1)
 
 
 @script_ignore()  # TorchScript calls it through Python (formatted errors)
@@ -100,6 +110,7 @@ def _check_inline_input(x: torch.Tensor, num_prefix_tokens: int, grid: Optional[
 
 
 torch.fx.wrap("_check_inline_input")
+torch.fx.wrap("dynamic_dwconv3x3")
 
 
 class InLineAttention(nn.Module):
@@ -209,8 +220,8 @@ class InLineAttention(nn.Module):
         qh = q.reshape(B, N, m, d).transpose(1, 2)  # (B, m, N, d)
         kh = k.reshape(B, N, m, d).transpose(1, 2)
         vh = v.reshape(B, N, m, d).transpose(1, 2)
-        kc = kh - kh.mean(dim=2, keepdim=True)
-        kv = (kc.transpose(-2, -1) @ vh) * (self.scale / N)  # (B, m, d, d)
+        kt = kh.transpose(-2, -1)  # (B, m, d, N): the centred copy is made in this layout, so K^T V needs no copy
+        kv = ((kt - kt.mean(dim=-1, keepdim=True)) @ vh) * (self.scale / N)  # (B, m, d, d)
         out = (qh @ kv + vh.mean(dim=2, keepdim=True)).transpose(1, 2).reshape(B, N, C)
         # local residual: per-image 3x3 depthwise kernels from the token mean
         kernels = self.residual(ctx.mean(dim=1).unsqueeze(-1)).reshape(B, C, 9)
@@ -218,10 +229,11 @@ class InLineAttention(nn.Module):
         local = dynamic_dwconv3x3(v_img, kernels)
         if self.lepe is not None:
             local = local + self.lepe(v_img.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        local = local.reshape(B, H * W, C)
+        # (the local terms are NCHW-strided views: added on the (B, H, W, C) view of the output, no copy)
         if P:
-            out = torch.cat([out[:, :P], out[:, P:] + local], dim=1)
+            patches = (out[:, P:].reshape(B, H, W, C) + local).reshape(B, H * W, C)
+            out = torch.cat([out[:, :P], patches], dim=1)
         else:
-            out = out + local
+            out = out.reshape(B, H, W, C) + local
         out = self.proj_drop(self.proj(out))
-        return out.reshape(B, H, W, C) if nhwc else out
+        return out if nhwc else out.reshape(B, N, C)

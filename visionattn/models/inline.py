@@ -39,8 +39,7 @@ InLine-CSwin-T/S/B where the official code builds 20.6 / 33.0 / 73.4M, and 50.2M
 builds 51.15M. fvcore GMACs (``count_gmacs``, at each model's resolution) are within 2% of the README's
 FLOPs column for all 13 released models: DeiT 1.109 / 4.966 / 17.171, PVT 1.978 / 3.917 / 6.864 /
 10.132, Swin 4.464 / 8.738 / 15.421 (B-384 46.267), CSwin 4.323 / 6.790 / 14.910 (B-384 46.295).
-The local term's nine multiply-adds per element are element-wise ops, which fvcore does not count
-(the official grouped ``F.conv2d`` adds ``9 * N * C`` per InLine block, under 0.5% of any model).
+(The local term is one grouped ``F.conv2d`` per block, ``9 * N * C`` MACs, as officially.)
 
 @inproceedings{han2024inline, title={Bridging the Divide: Reconsidering Softmax and Linear
   Attention}, author={Han, Dongchen and Pu, Yifan and Xia, Zhuofan and Han, Yizeng and Pan, Xuran
