@@ -37,8 +37,8 @@ Parameter counts and GMACs: the parameter counts equal the unmodified official d
 classes for every variant; the README rounds them for DeiT/PVT-T/S/M/Swin, but lists 25 / 43 / 96M for
 InLine-CSwin-T/S/B where the official code builds 20.6 / 33.0 / 73.4M, and 50.2M for InLine-PVT-L where it
 builds 51.15M. fvcore GMACs (``count_gmacs``, at each model's resolution) are within 2% of the README's
-FLOPs column for all 13 released models: DeiT 1.109 / 4.966 / 17.171, PVT 1.978 / 3.917 / 6.864 /
-10.132, Swin 4.464 / 8.738 / 15.421 (B-384 46.267), CSwin 4.323 / 6.790 / 14.910 (B-384 46.295).
+FLOPs column for all 13 released models: DeiT 1.113 / 4.978 / 17.203, PVT 1.985 / 3.930 / 6.884 /
+10.160, Swin 4.476 / 8.746 / 15.433 (B-384 46.305), CSwin 4.330 / 6.801 / 14.927 (B-384 46.343).
 (The local term is one grouped ``F.conv2d`` per block, ``9 * N * C`` MACs, as officially.)
 
 @inproceedings{han2024inline, title={Bridging the Divide: Reconsidering Softmax and Linear
