@@ -126,6 +126,7 @@ def test_mixer_with_class_token_and_block_context(H, W):
         out = blk(xi)
     ref = _ref_inline(mod, blk.norm1(xi).reshape(2, H * W, 8), H, W, context=xi).reshape(2, H, W, 8)
     torch.testing.assert_close(out, xi + ref, rtol=1e-10, atol=1e-10)
+    assert blk(torch.randn(0, H, W, 8)).shape == (0, H, W, 8)  # empty batch through the context path
 
 
 def test_dynamic_dwconv_matches_conv2d_and_empty_batch():

@@ -210,7 +210,7 @@ class InLineAttention(nn.Module):
             B, N, C = x.shape
         N = x.shape[1]
         m, d = self.num_heads, self.head_dim
-        ctx = x if context is None else context.reshape(B, -1, C)
+        ctx = x if context is None else context.flatten(1, -2)  # (B, tokens, C) of either layout
         if hasattr(self, "q"):  # split_qkv (hasattr: TorchScript compiles only the branch this module has)
             q = self.q(x)
             k, v = self.kv(x).reshape(B, N, 2, C).unbind(2)
