@@ -16,7 +16,8 @@ Baselines:
   ``/tmp/official``, e.g. ``git clone https://github.com/rayleizhu/BiFormer /tmp/official/BiFormer``):
   ``BiFormer`` (rayleizhu/BiFormer ``models/biformer.py``), ``CSWin-Transformer``
   (microsoft/CSWin-Transformer ``models/cswin.py``), ``Agent-Attention`` (LeapLabTHU/Agent-Attention
-  ``agent_transformer/models/agent_{deit,pvt,swin,cswin}.py``), ``davit`` (dingmyu/davit
+  ``agent_transformer/models/agent_{deit,pvt,swin,cswin}.py``), ``InLine`` (LeapLabTHU/InLine
+  ``models/inline_{deit,pvt,swin,cswin}.py``), ``davit`` (dingmyu/davit
   ``timm/models/davit.py``), ``VAN-Classification`` (Visual-Attention-Network/VAN-Classification
   ``models/van.py``). They are imported by file with small shims for the old timm APIs
   they expect (``register_model`` made a no-op so they do not overwrite this zoo's timm
@@ -198,6 +199,26 @@ def official_factories(official_dir: Path) -> Dict[str, Tuple[str, Factory]]:
                 agent_num="9-16-49-49".split("-"), attn_type="AABB", la_split_size="56-28-14-7")
         return make
 
+    inline_root = official_dir / "InLine"
+
+    def inline(kind):
+        def make():
+            if kind == "swin":
+                m = _import_from_repo(inline_root, "models.inline_swin")
+                return lambda: m.InLineSwin(img_size=224, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=56,
+                                            drop_path_rate=0.0, attn_type="IIIS")
+            if kind == "pvt":
+                m = _import_from_repo(inline_root, "models.inline_pvt")
+                return lambda: m.inline_pvt_tiny(img_size=224, drop_path_rate=0.0, attn_type="IIII", la_sr_ratios="1111")
+            if kind == "deit":
+                m = _import_from_repo(inline_root, "models.inline_deit")
+                # as Agent-DeiT: the factory's timm-0.4 build_model_with_cfg call is bypassed (same kwargs)
+                return lambda: m.VisionTransformer(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=6, drop_path_rate=0.0)
+            m = _import_from_repo(inline_root, "models.inline_cswin")
+            return lambda: m.inline_cswin_tiny(img_size=224, in_chans=3, num_classes=1000, drop_rate=0.0, drop_path_rate=0.0,
+                                               attn_type="IISS", la_split_size="56-28-14-7")
+        return make
+
     def davit():
         m = _official_davit(official_dir / "davit")
         return lambda: m.DaViT(img_size=224, num_classes=1000, patch_size=4, window_size=7, embed_dims=(96, 192, 384, 768),
@@ -210,6 +231,10 @@ def official_factories(official_dir: Path) -> Dict[str, Tuple[str, Factory]]:
     add("Agent-PVT", "official:LeapLabTHU/Agent-Attention agent_pvt_tiny", agent("pvt"))
     add("Agent-DeiT", "official:LeapLabTHU/Agent-Attention agent_deit_tiny", agent("deit"))
     add("Agent-CSwin", "official:LeapLabTHU/Agent-Attention Agent_CSWin_64_24181_tiny_224", agent("cswin"))
+    add("InLine-Swin", "official:LeapLabTHU/InLine inline_swin_tiny", inline("swin"))
+    add("InLine-PVT", "official:LeapLabTHU/InLine inline_pvt_tiny", inline("pvt"))
+    add("InLine-DeiT", "official:LeapLabTHU/InLine inline_deit_tiny", inline("deit"))
+    add("InLine-CSwin", "official:LeapLabTHU/InLine inline_cswin_tiny", inline("cswin"))
     add("DaViT", "official:dingmyu/davit DaViT_tiny", davit)
 
     def van():
@@ -233,6 +258,10 @@ FAMILY_MODELS: Dict[str, Tuple[str, List[str]]] = {
     "Agent-DeiT": ("agent_deit_tiny", []),
     "Agent-CSwin": ("agent_cswin_tiny", []),
     "VAN": ("van_b0", []),
+    "InLine-Swin": ("inline_swin_tiny", []),
+    "InLine-PVT": ("inline_pvt_tiny", []),
+    "InLine-DeiT": ("inline_deit_tiny", []),
+    "InLine-CSwin": ("inline_cswin_tiny", []),
 }
 
 

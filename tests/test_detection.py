@@ -253,6 +253,8 @@ FAMILY_KWARGS = {
     "biformer_stl": dict(depths=(1, 1, 1, 1)), "cswin_tiny": dict(depths=(1, 1, 1, 1)),
     "davit_tiny_va": dict(depths=(1, 1, 1, 1)), "maxvit_tiny": dict(depths=(1, 1, 1, 1)),
     "van_b0": dict(depths=(1, 1, 1, 1)),
+    "inline_cswin_tiny": dict(depths=(1, 1, 1, 1)), "inline_deit_tiny": _PLAIN, "inline_pvt_tiny": dict(depths=(1, 1, 1, 1)),
+    "inline_swin_tiny": dict(depths=(1, 1, 1, 1), inline_blocks=(1, 1, 1, 0)),
 }
 FAMILY_REPS = list(FAMILY_KWARGS)
 

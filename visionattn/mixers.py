@@ -34,6 +34,7 @@ from .layers.baseline import DepthwiseConvMixer, IdentityMixer, PoolMixer
 from .layers.channel import ChannelGroupAttention
 from .layers.cross_shaped import CrossShapedWindowAttention
 from .layers.lka import LargeKernelAttention
+from .layers.inline import InLineAttention
 from .layers.neighborhood import NeighborhoodAttention2d
 from .layers.routing import BiLevelRoutingAttention
 from .layers.window import WindowAttention
@@ -228,6 +229,10 @@ def _agent(dim, num_heads, agent_num=49, resolution=7, qkv_bias=True, dwc_kernel
     return AgentAttention(dim, num_heads, agent_num, resolution, qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, dwc_kernel=dwc_kernel)
 
 
+def _inline(dim, num_heads, qkv_bias=True, kernel_func="identity", lepe=False, proj_drop=0.0):
+    return InLineAttention(dim, num_heads, qkv_bias=qkv_bias, kernel_func=kernel_func, lepe=lepe, proj_drop=proj_drop)
+
+
 def _mhsa(dim, num_heads, qkv_bias=True, rel_pos_bias=False, table_size=7, attn_drop=0.0, proj_drop=0.0):
     return WindowAttention(dim, num_heads, table_size, qkv_bias, proj_drop, "global", rel_pos_bias, attn_drop=attn_drop)
 
@@ -337,6 +342,20 @@ register_mixer(
     },
     cost=f"{_LIN} + 4*N*n*C (aggregation + broadcast) + N*C*k^2 (DWC)",
     paper="Han et al., Agent Attention, ECCV 2024 (LeapLabTHU/Agent-Attention)",
+)
+register_mixer(
+    "inline", _inline,
+    description="injective linear attention: centred linear attention weights (sum to 1, injective in q), global, "
+    "plus a per-image predicted 3x3 depthwise conv on V (InLineAttention)",
+    kwargs={
+        "qkv_bias": "bias in qkv",
+        "kernel_func": "phi on q and k: 'identity' (official models), 'relu', 'leakyrelu', 'exp'",
+        "lepe": "also a learned 3x3 depthwise conv on V, as InLine-CSwin (False)",
+        **_DROP,
+    },
+    cost=f"{_LIN} + 2*N*C^2/m (K^T V and Q (K^T V), m heads) + 10*C^2/m (kernel MLP, per image) "
+    "+ 9*N*C (local conv) [+ 9*N*C with lepe]",
+    paper="Han et al., Bridging the Divide: Reconsidering Softmax and Linear Attention, NeurIPS 2024 (LeapLabTHU/InLine)",
 )
 register_mixer(
     "mhsa", _mhsa, description="global multi-head self-attention over all tokens, F.scaled_dot_product_attention (WindowAttention partition='global')",

@@ -15,6 +15,7 @@ from .conv import (
 )
 from .cross_shaped import CrossShapedWindowAttention
 from .lka import LKA, BatchNormNHWC, DWConvMlp, LargeKernelAttention
+from .inline import InLineAttention
 from .neighborhood import NeighborhoodAttention2d
 from .pos import relative_position_bias, relative_position_index, resize_rel_pos_table
 from .routing import AttentionLePE, BiLevelRoutingAttention
@@ -26,6 +27,7 @@ __all__ = [
     "BiLevelRoutingAttention",
     "ChannelGroupAttention",
     "CrossShapedWindowAttention",
+    "InLineAttention",
     "NeighborhoodAttention2d",
     "WindowAttention",
     "LKA",

@@ -45,7 +45,10 @@ class TransformerBlock(nn.Module):
     :class:`~visionattn.layers.AgentAttention`) set the instance attribute ``takes_grid = True``
     and accept ``forward(x, grid)``; the block hands them its ``grid`` argument. Other mixers are
     called as ``attn(x)``. (An attribute test rather than ``**kwargs``, so TorchScript can
-    compile the block: it resolves ``hasattr`` on a submodule when it compiles.)
+    compile the block: it resolves ``hasattr`` on a submodule when it compiles.) Mixers that also
+    read the block input before ``norm1`` (InLine-CSwin's local kernels,
+    :class:`~visionattn.layers.inline.InLineAttention` with ``residual_source='block'``) set
+    ``takes_context = True`` and accept ``forward(x, grid, context)``.
     """
 
     def __init__(
@@ -81,7 +84,9 @@ class TransformerBlock(nn.Module):
         """``grid = (H, W)``: the token grid of ``(B, N, C)`` sequences, passed to mixers that take it."""
         if self.pos is not None:
             x = self.pos(x)
-        if hasattr(self.attn, "takes_grid"):
+        if hasattr(self.attn, "takes_context"):
+            a = self.attn(self.norm1(x), grid, x)
+        elif hasattr(self.attn, "takes_grid"):
             a = self.attn(self.norm1(x), grid)
         else:
             a = self.attn(self.norm1(x))

@@ -25,6 +25,10 @@ Agent-CSwin's agent "windows" of 56/28/14 at 224 are the whole map, reference se
 * Agent-CSwin: the CSWin body of :mod:`visionattn.models.cswin` (its ``mixer_fn`` hook) with agent
   attention in all blocks of stages 1-2 and CSWin's LePE stripe attention in stages 3-4.
 
+The four bodies take that mixer as a parameter (``mixer_layer``, a :data:`MixerFactory`; default
+:func:`agent_mixer`), so other mixers reuse the macro-architectures unchanged: InLine attention
+(:mod:`visionattn.models.inline`) is these bodies with :class:`~visionattn.layers.inline.InLineAttention`.
+
 Resolution: the official models fix the bias tables (``ah/aw/ha/wa_bias``) and position
 embeddings at construction and fail at any other input size. Here the tables keep the official
 shapes of the size the model is built for (``img_size``, so parameter counts and checkpoints match
@@ -51,7 +55,7 @@ from __future__ import annotations
 
 import re
 from functools import partial
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -62,6 +66,7 @@ from timm.models import generate_default_cfgs
 from ..layers.agent import AgentAttention, resize_agent_bias
 from ..layers.block import TransformerBlock
 from ..layers.conv import PatchEmbed, PatchMerging
+from ..layers.cross_shaped import CrossShapedWindowAttention
 from ..layers.pos import resize_rel_pos_table
 from ..layers.window import WindowAttention
 from . import cswin as _cswin
@@ -71,9 +76,27 @@ from ._registry import build_model, check_state_dict, register_model, unwrap_sta
 
 torch.fx.wrap("resample_abs_pos_embed")  # a leaf of FX graphs (timm registers it for its own tracer)
 
-__all__ = ["AgentPVT", "AgentDeiT", "AgentSwin", "AgentCSWin", "PosPatchEmbed", "TokenHead", "checkpoint_filter_fn"]
+__all__ = ["AgentPVT", "AgentDeiT", "AgentSwin", "AgentCSWin", "PosPatchEmbed", "TokenHead", "MixerFactory", "agent_mixer", "checkpoint_filter_fn"]
 
 _LN6 = partial(nn.LayerNorm, eps=1e-6)
+
+#: the mixer factory contract of the Agent bodies (``mixer_layer=``): called as
+#: ``factory(dim, num_heads, stage=i, resolution=(h0, w0), qkv_bias=..., attn_drop=..., proj_drop=...,
+#: split_qkv=..., num_prefix_tokens=...)`` for every block that is not a plain softmax block
+#: (``resolution``: the stage's grid at ``img_size``). InLine (:mod:`visionattn.models.inline`) swaps it.
+MixerFactory = Callable[..., nn.Module]
+
+
+def agent_mixer(agent_num: Sequence[int]) -> MixerFactory:
+    """The default :data:`MixerFactory`: :class:`~visionattn.layers.agent.AgentAttention` with ``agent_num[stage]`` agents."""
+
+    def make(dim, num_heads, stage, resolution, qkv_bias, attn_drop, proj_drop, split_qkv=False, num_prefix_tokens=0):
+        return AgentAttention(
+            dim, num_heads, agent_num[stage], resolution, qkv_bias, split_qkv=split_qkv, num_prefix_tokens=num_prefix_tokens,
+            attn_drop=attn_drop, proj_drop=proj_drop,
+        )
+
+    return make
 
 
 # ------------------------------------------------------------------------------------------------
@@ -125,6 +148,8 @@ class AgentPVT(HierarchicalBackbone):
         agent_num: agents per stage.
         qkv_bias: bias in ``q`` / ``kv``.
         drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate: dropouts / stochastic depth.
+        mixer_layer: factory of every block's mixer (:data:`MixerFactory`, ``split_qkv=True``;
+            default :func:`agent_mixer` of ``agent_num``).
 
     Shapes: ``(B, in_chans, H, W)``, ``H, W >= 32`` -> features ``(B, 512, ceil(H/32), ceil(W/32))``
     (no final norm, as officially). Raises ValueError for per-stage arguments of the wrong length.
@@ -146,10 +171,12 @@ class AgentPVT(HierarchicalBackbone):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
+        mixer_layer: Optional[MixerFactory] = None,
     ):
         n = len(depths)
         for name, v in (("embed_dims", embed_dims), ("num_heads", num_heads), ("mlp_ratios", mlp_ratios), ("agent_num", agent_num)):
             per_stage(v, n, name)
+        mixer_layer = mixer_layer or agent_mixer(agent_num)
         reductions = [4 * 2**i for i in range(n)]
         dpr = drop_path_rates(drop_path_rate, depths)
         stages = []
@@ -159,8 +186,9 @@ class AgentPVT(HierarchicalBackbone):
             blocks = [
                 TransformerBlock(
                     embed_dims[i],
-                    AgentAttention(
-                        embed_dims[i], num_heads[i], agent_num[i], (g, g), qkv_bias, split_qkv=True, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate
+                    mixer_layer(
+                        embed_dims[i], num_heads[i], stage=i, resolution=(g, g), qkv_bias=qkv_bias, split_qkv=True,
+                        attn_drop=attn_drop_rate, proj_drop=proj_drop_rate,
                     ),
                     mlp_ratio=mlp_ratios[i],
                     drop_path=dpr[i][j],
@@ -207,6 +235,8 @@ class AgentDeiT(PlainBackbone):
         agent_layers: the first ``agent_layers`` blocks use agent attention, the rest standard
             DeiT attention (None: all; Agent-DeiT-B: 4).
         drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate: dropouts / stochastic depth.
+        mixer_layer: factory of the mixer of the first ``agent_layers`` blocks (:data:`MixerFactory`,
+            ``stage=0``, ``num_prefix_tokens=1``; default :func:`agent_mixer` of ``agent_num``).
 
     Shapes: ``(B, in_chans, H, W)``, ``H, W >= 16``; ``forward_features`` ``(B, 1 + h*w, C)``
     (class token first, as timm's DeiT) with ``h, w = ceil(H/16), ceil(W/16)``; taps
@@ -231,15 +261,18 @@ class AgentDeiT(PlainBackbone):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        mixer_layer: Optional[MixerFactory] = None,
     ):
         g = img_size // patch_size
         agent_layers = depth if agent_layers is None else agent_layers
+        mixer_layer = mixer_layer or agent_mixer([agent_num])
         dpr = drop_path_rates(drop_path_rate, [depth])[0]
 
         def mixer(i: int) -> nn.Module:
             if i < agent_layers:
-                return AgentAttention(
-                    embed_dim, num_heads, agent_num, (g, g), qkv_bias, num_prefix_tokens=1, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate
+                return mixer_layer(
+                    embed_dim, num_heads, stage=0, resolution=(g, g), qkv_bias=qkv_bias, num_prefix_tokens=1,
+                    attn_drop=attn_drop_rate, proj_drop=proj_drop_rate,
                 )
             return Attention(embed_dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate)
 
@@ -303,6 +336,8 @@ class AgentSwin(HierarchicalBackbone):
         agent_blocks: per stage, how many leading blocks are agent blocks (the rest are Swin
             W-MSA/SW-MSA): T ``(2, 2, 6, 0)``, S ``(2, 2, 0, 0)``, B ``(2, 2, 2, 0)``.
         drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate: dropouts / stochastic depth.
+        mixer_layer: factory of the agent blocks' mixer (:data:`MixerFactory`; default
+            :func:`agent_mixer` of ``agent_num``).
 
     Shapes: ``(B, in_chans, H, W)``, ``H, W >= 32`` -> ``(B, 8 * embed_dim, ceil(H/32), ceil(W/32))``.
     Raises ValueError for per-stage arguments of the wrong length.
@@ -325,10 +360,12 @@ class AgentSwin(HierarchicalBackbone):
         proj_drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.2,
+        mixer_layer: Optional[MixerFactory] = None,
     ):
         n = len(depths)
         for name, v in (("num_heads", num_heads), ("agent_num", agent_num), ("agent_blocks", agent_blocks)):
             per_stage(v, n, name)
+        mixer_layer = mixer_layer or agent_mixer(agent_num)
         dims = [int(embed_dim * 2**i) for i in range(n)]
         reductions = [4 * 2**i for i in range(n)]
         dpr = drop_path_rates(drop_path_rate, depths)
@@ -340,7 +377,9 @@ class AgentSwin(HierarchicalBackbone):
             blocks = []
             for j in range(depths[i]):
                 if j < agent_blocks[i]:
-                    attn = AgentAttention(dims[i], num_heads[i], agent_num[i], (res, res), qkv_bias, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate)
+                    attn = mixer_layer(
+                        dims[i], num_heads[i], stage=i, resolution=(res, res), qkv_bias=qkv_bias, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate
+                    )
                 else:
                     attn = WindowAttention(
                         dims[i],
@@ -383,13 +422,22 @@ class AgentCSWin(_cswin.CSWin):
             ``la_split_size``).
         prefer_ema: :func:`checkpoint_filter_fn` loads ``state_dict_ema`` when present (False,
             default: ``model``, the weights the official evaluation uses).
+        mixer_layer: factory of the ``agent_stages`` blocks' mixer (:data:`MixerFactory`; default
+            :func:`agent_mixer` of ``agent_num``).
         other arguments: :class:`visionattn.models.cswin.CSWin`.
 
     Shapes: as :class:`~visionattn.models.cswin.CSWin`.
     """
 
-    def __init__(self, agent_num: Sequence[int] = (9, 16, 49, 49), agent_stages: Sequence[int] = (0, 1), prefer_ema: bool = False, **kwargs):
-        agent_num = list(agent_num)
+    def __init__(
+        self,
+        agent_num: Sequence[int] = (9, 16, 49, 49),
+        agent_stages: Sequence[int] = (0, 1),
+        prefer_ema: bool = False,
+        mixer_layer: Optional[MixerFactory] = None,
+        **kwargs,
+    ):
+        mixer_layer = mixer_layer or agent_mixer(list(agent_num))
         agent_stages = set(agent_stages)
         qkv_bias = kwargs.get("qkv_bias", True)
         attn_drop = kwargs.get("attn_drop_rate", 0.0)
@@ -398,7 +446,7 @@ class AgentCSWin(_cswin.CSWin):
         def mixer_fn(stage, block, dim, num_heads, split_size, full, resolution):
             if stage not in agent_stages:
                 return None
-            return AgentAttention(dim, num_heads, agent_num[stage], (resolution, resolution), qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+            return mixer_layer(dim, num_heads, stage=stage, resolution=(resolution, resolution), qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
 
         super().__init__(mixer_fn=mixer_fn, prefer_ema=prefer_ema, **kwargs)
 
@@ -474,21 +522,25 @@ def _swin_to_ours(sd: Mapping[str, torch.Tensor], model: nn.Module):
     return out, unknown
 
 
-_CS_AGENT = re.compile(r"^stage(\d)\.(\d+)\.attns\.0\.(an_bias|na_bias|ah_bias|aw_bias|ha_bias|wa_bias|get_v\.weight|get_v\.bias)$")
+_CS_MIXER = re.compile(r"^stage(\d)\.(\d+)\.attns\.0\.(.+)$")
 
 
 def _cswin_to_ours(sd: Mapping[str, torch.Tensor], model: nn.Module):
+    """Blocks whose mixer is not CSWin's (agent / InLine attention) map ``attns.0.*`` onto the mixer
+    (``get_v`` -> ``dwc`` for agent attention, ``lepe`` otherwise); the rest as official CSWin."""
     out, rest = {}, {}
     for k, v in sd.items():
-        m = _CS_AGENT.match(k)
+        m = _CS_MIXER.match(k)
         blk = None
         if m:
             try:
                 blk = model.stages[int(m.group(1)) - 1].blocks[int(m.group(2))]
             except (IndexError, AttributeError):
                 blk = None
-        if m and blk is not None and isinstance(blk.attn, AgentAttention):
-            name = m.group(3).replace("get_v.", "dwc.")
+        if m and blk is not None and not isinstance(blk.attn, CrossShapedWindowAttention):
+            name = m.group(3)
+            if name.startswith("get_v."):
+                name = ("dwc." if isinstance(blk.attn, AgentAttention) else "lepe.") + name[len("get_v."):]
             out[f"stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}.attn.{name}"] = v
         else:
             rest[k] = v

@@ -93,7 +93,7 @@ __all__ = [
 
 #: GMACs (fvcore-style multiply-accumulates) reported by the papers / official READMEs at each
 #: model's default resolution, with the source. NAT/DiNAT: SHI-Labs/Neighborhood-Attention-
-#: Transformer ``classification/{NAT,DiNAT}.md``; BiFormer, CSWin, Agent-Attention: the repos'
+#: Transformer ``classification/{NAT,DiNAT}.md``; BiFormer, CSWin, Agent-Attention, InLine: the repos'
 #: README tables; MaxViT: google-research/maxvit ``README.md``; DaViT: dingmyu/davit README
 #: (T/S/B) and timm's benchmark CSV for the unreleased L/H/G configs.
 PAPER_GMACS: Dict[str, Tuple[float, str]] = {
@@ -119,6 +119,12 @@ PAPER_GMACS: Dict[str, Tuple[float, str]] = {
         "agent_pvt_large": 10.4, "agent_swin_tiny": 4.5, "agent_swin_small": 8.7, "agent_swin_small_288": 14.6,
         "agent_swin_base": 15.4, "agent_swin_base_384": 46.3, "agent_cswin_tiny": 4.3, "agent_cswin_small": 6.8,
         "agent_cswin_base": 14.9, "agent_cswin_base_384": 46.3,
+    }.items()},
+    **{k: (v, "InLine README") for k, v in {
+        "inline_deit_tiny": 1.1, "inline_deit_small": 5.0, "inline_deit_base": 17.2, "inline_pvt_tiny": 2.0,
+        "inline_pvt_small": 3.9, "inline_pvt_medium": 6.9, "inline_pvt_large": 10.2, "inline_swin_tiny": 4.5,
+        "inline_swin_small": 8.7, "inline_swin_base": 15.4, "inline_cswin_tiny": 4.3, "inline_cswin_small": 6.8,
+        "inline_cswin_base": 14.9,
     }.items()},
     **{k: (v, "MaxViT README") for k, v in {
         "maxvit_tiny": 5.6, "maxvit_tiny_384": 17.7, "maxvit_tiny_512": 33.7,
@@ -147,7 +153,8 @@ TIMM_EQUIVALENTS: Dict[str, str] = {
 #: Family of a model name: the first matching prefix (order matters: ``dinat_s_`` before ``dinat``).
 FAMILIES: Tuple[Tuple[str, str], ...] = (
     ("agent_deit", "Agent-DeiT"), ("agent_pvt", "Agent-PVT"), ("agent_swin", "Agent-Swin"),
-    ("agent_cswin", "Agent-CSwin"), ("biformer", "BiFormer"), ("cswin", "CSWin"), ("davit", "DaViT"),
+    ("agent_cswin", "Agent-CSwin"), ("inline_deit", "InLine-DeiT"), ("inline_pvt", "InLine-PVT"), ("inline_swin", "InLine-Swin"),
+    ("inline_cswin", "InLine-CSwin"), ("biformer", "BiFormer"), ("cswin", "CSWin"), ("davit", "DaViT"),
     ("nat_isotropic", "NAT-iso"), ("dinat_isotropic", "NAT-iso"), ("vitrpb", "NAT-iso"),
     ("dinat_s_", "DiNAT-s"), ("dinat", "DiNAT"), ("nat", "NAT"), ("maxvit", "MaxViT"), ("van_", "VAN"),
 )
