@@ -291,18 +291,20 @@ def test_erf_of_na_only_model_is_zero_outside_its_receptive_field():
 
 def test_grad_cam_hierarchical_and_plain():
     torch.manual_seed(0)
-    for name, kw in (("nat_mini", TINY["nat_mini"]), ("agent_deit_tiny", TINY["agent_deit_tiny"])):
-        model = timm.create_model(name, num_classes=5, **kw).eval()
-        cam, cls = grad_cam(model, torch.randn(1, 3, 64, 64), 3)
-        assert cam.shape == (64, 64) and cls == 3 and np.isfinite(cam).all() and 0 <= cam.min() <= cam.max() <= 1
+    for name in ("nat_mini", "agent_deit_tiny"):
+        model = timm.create_model(name, num_classes=5, **TINY[name]).eval()
+        x = torch.randn(1, 3, 64, 64)
+        if name == "nat_mini":
+            cam, cls = grad_cam(model, x, 3, stage=-2)
+            assert cam.shape == (64, 64) and cls == 3 and np.isfinite(cam).all() and 0 <= cam.min() <= cam.max() <= 1
+        with pytest.raises(ValueError, match="outside the classifier"):
+            grad_cam(model, x, 7)
         layer, reshape = cam_target(model, (64, 64))
         acts = []
         layer.register_forward_hook(lambda mod, i, o: acts.append(o))
         with torch.no_grad():
-            model(torch.randn(1, 3, 64, 64))
+            model(x)
         assert reshape(acts[-1]).shape[-2:] == ((2, 2) if name == "nat_mini" else (4, 4))  # the last grid, NCHW
-        with pytest.raises(ValueError, match="outside the classifier"):
-            grad_cam(model, torch.randn(1, 3, 64, 64), 7)
 
 
 @pytest.fixture(scope="module")

@@ -345,11 +345,12 @@ def effective_receptive_field(
 # Grad-CAM
 
 
-def cam_target(model: nn.Module, image_size: Tuple[int, int]):
+def cam_target(model: nn.Module, image_size: Tuple[int, int], stage: int = -1):
     """Grad-CAM target layer and ``reshape_transform`` for a zoo model.
 
-    * hierarchical models (NHWC tokens inside stages): the last block of the last stage, whose
-      output ``(B, h, w, C)`` is permuted to ``(B, C, h, w)``;
+    * hierarchical models (NHWC tokens inside stages): the last block of stage ``stage`` (default
+      the last; an earlier one gives a finer map on small inputs), whose output ``(B, h, w, C)``
+      is permuted to ``(B, C, h, w)``;
     * plain models (``num_prefix_tokens`` attribute, ViT-like): the first norm of the last
       block (as for timm's ViT: the class-token head leaves the last block's patch outputs
       without gradient), whose ``(B, P + h*w, C)`` tokens lose the prefix and are reshaped to the
@@ -359,13 +360,16 @@ def cam_target(model: nn.Module, image_size: Tuple[int, int]):
         ``(target_layer, reshape_transform)``.
 
     Raises:
-        ValueError: a model without ``stages[-1].blocks`` (not a zoo backbone).
+        ValueError: a model without ``stages[stage].blocks`` (not a zoo backbone) or a stage
+            index out of range.
     """
-    try:
-        block = model.stages[-1].blocks[-1]
-    except (AttributeError, IndexError, TypeError):
-        raise ValueError(f"{type(model).__name__}: Grad-CAM targets need a zoo backbone (model.stages[-1].blocks)") from None
     plain = hasattr(model, "num_prefix_tokens")
+    stages = getattr(model, "stages", None)
+    if stages is None or not hasattr(stages[-1], "blocks"):
+        raise ValueError(f"{type(model).__name__}: Grad-CAM targets need a zoo backbone (model.stages[i].blocks)")
+    if not -len(stages) <= stage < len(stages):
+        raise ValueError(f"stage {stage} is out of range: the model has {len(stages)} stages")
+    block = stages[stage].blocks[-1]
     grid = _plain_grid(model, image_size) if plain else None
     P = int(getattr(model, "num_prefix_tokens", 0) or 0)
     layer = getattr(block, "norm1", None) if plain else None
@@ -379,19 +383,20 @@ def cam_target(model: nn.Module, image_size: Tuple[int, int]):
     return layer, reshape
 
 
-def grad_cam(model: nn.Module, image: torch.Tensor, target_class: Optional[int] = None) -> Tuple[np.ndarray, int]:
+def grad_cam(model: nn.Module, image: torch.Tensor, target_class: Optional[int] = None, stage: int = -1) -> Tuple[np.ndarray, int]:
     """Grad-CAM of one image through ``pytorch_grad_cam.GradCAM`` with :func:`cam_target`.
 
     Args:
         model: a zoo classifier (eval mode).
         image: ``(1, 3, H, W)`` normalised input.
         target_class: class to explain (default: the predicted one).
+        stage: the stage whose last block is the target (see :func:`cam_target`).
 
     Returns:
         ``(cam, class)``: float32 ``(H, W)`` map in ``[0, 1]`` and the class it explains.
 
     Raises:
-        ValueError: a target class outside the classifier's range.
+        ValueError: a target class outside the classifier's range; see :func:`cam_target`.
     """
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -404,7 +409,7 @@ def grad_cam(model: nn.Module, image: torch.Tensor, target_class: Optional[int] 
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     if num_classes and not 0 <= target_class < num_classes:
         raise ValueError(f"target class {target_class} is outside the classifier's 0..{num_classes - 1}")
-    layer, reshape = cam_target(model, (image.shape[-2], image.shape[-1]))
+    layer, reshape = cam_target(model, (image.shape[-2], image.shape[-1]), stage)
     with GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
         out = cam(input_tensor=image, targets=[ClassifierOutputTarget(target_class)])
     return out[0].astype(np.float32), target_class
@@ -422,10 +427,18 @@ def _figure(n: int, cols: int, size: float = 2.4):
 
     cols = max(1, min(cols, n))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, (size + 0.45) * rows + 0.3), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     return fig, list(axes.flat), plt
+
+
+def _save(fig, plt, path, title: str) -> None:
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97 if title else 1))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def _overlay(weights: torch.Tensor, image_size: Tuple[int, int]) -> np.ndarray:
@@ -457,14 +470,10 @@ def plot_attention(rgb: np.ndarray, maps: List[Dict[str, Any]], query: Tuple[flo
         w = m["weights"].mean(0)  # heads averaged: still a distribution over keys
         heat = _overlay(w / w.max().clamp(min=1e-12), size)
         ax.imshow(rgb.mean(-1), cmap="gray", vmin=0, vmax=1)
-        ax.imshow(np.ma.masked_where(heat <= 0, heat), cmap="jet", alpha=0.55, vmin=0, vmax=1)
+        ax.imshow(np.ma.masked_where(heat <= 0, heat), cmap="turbo", alpha=0.6, vmin=0, vmax=1)
         ax.plot([query[1]], [query[0]], marker="+", color="white", markersize=9, mew=2)
         ax.set_title(f"{label} {rec.size[0]}x{rec.size[1]}", fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, plt, path, title)
 
 
 def plot_erf(maps: List[torch.Tensor], labels: Sequence[str], path, title: str = "") -> None:
@@ -475,11 +484,7 @@ def plot_erf(maps: List[torch.Tensor], labels: Sequence[str], path, title: str =
         data = data / max(data.max(), 1e-12)
         ax.imshow(data, cmap="RdYlGn", vmin=0, vmax=1)
         ax.set_title(label, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, plt, path, title)
 
 
 def plot_cam(rgb: np.ndarray, cam: np.ndarray, path, title: str = "") -> None:
@@ -491,8 +496,4 @@ def plot_cam(rgb: np.ndarray, cam: np.ndarray, path, title: str = "") -> None:
     axes[0].set_title("input", fontsize=8)
     axes[1].imshow(show_cam_on_image(rgb.astype(np.float32), cam, use_rgb=True))
     axes[1].set_title("Grad-CAM", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, plt, path, title)

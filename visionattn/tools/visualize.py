@@ -18,7 +18,8 @@ Three subcommands, each writing a PNG grid (matplotlib) and a JSON summary into 
 * ``erf``: the effective receptive field of each stage's centre unit, averaged over the images
   (``--image`` files or folders, at most ``--max-images``), log-scaled. Writes ``erf.png``,
   ``erf.json`` and the raw maps ``erf.npz``.
-* ``cam``: Grad-CAM (``grad-cam`` library) of the predicted class, or ``--target-class``.
+* ``cam``: Grad-CAM (``grad-cam`` library) of the predicted class, or ``--target-class``, at the
+  last stage (``--cam-stage`` picks another).
   Writes ``cam.png`` and ``cam.json``.
 
 The model comes from ``--model`` with ``--pretrained [TAG]`` (timm weights, or ``hf-hub:`` /
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", type=int, nargs="+", help="erf: feature taps (default: every stage)")
     p.add_argument("--max-images", type=int, default=32, help="erf: images averaged at most (32)")
     p.add_argument("--target-class", type=int, help="cam: class to explain (default: the predicted one)")
+    p.add_argument("--cam-stage", type=int, default=-1,
+                   help="cam: the stage whose last block is the target layer (-1, the last; an earlier one maps finer)")
     p.add_argument("--device", default="cpu", help="torch device (cpu)")
     p.add_argument("--output", type=Path, required=True, help="folder for the PNG and JSON files")
     return p
@@ -112,7 +115,7 @@ def load_model(args: argparse.Namespace) -> Tuple[torch.nn.Module, Dict[str, Any
             cfg = timm.models.get_pretrained_cfg(name.split(".")[0], allow_unregistered=True) if ":" not in name else None
             num_classes = getattr(cfg, "num_classes", None) or 1000
         model = build_model(name, num_classes, kwargs, state_dict, pretrained=args.pretrained, img_size=args.img_size)
-        weights = str(args.checkpoint) if args.checkpoint else f"pretrained {args.pretrained if isinstance(args.pretrained, str) else ''}".strip()
+        weights = args.checkpoint.name if args.checkpoint else f"pretrained {args.pretrained if isinstance(args.pretrained, str) else ''}".strip()
     else:
         if args.img_size is not None:
             try:
@@ -174,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         except ValueError as e:
             raise UsageError(str(e)) from None
         viz.plot_attention(rgb, maps, query, args.output / "attention.png",
-                           title=f"{desc}: attention of pixel ({qy:g}, {qx:g})")
+                           title=f"{desc}: attention of pixel ({qy:g}, {qx:g}), head mean, max-normalised")
         summary.update(query=[qy, qx], predicted_class=int(logits.argmax(-1)[0]), layers=[
             {"name": m["record"].name, "module": m["record"].module, "kind": m["record"].kind,
              "grid": list(m["record"].size) if m["record"].spatial else None,
@@ -196,11 +199,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     else:
         x, rgb, _ = load_image(files[0], data_config)
         try:
-            cam, cls = viz.grad_cam(model, x.to(device), args.target_class)
+            cam, cls = viz.grad_cam(model, x.to(device), args.target_class, args.cam_stage)
         except ValueError as e:
             raise UsageError(str(e)) from None
         viz.plot_cam(rgb, cam, args.output / "cam.png", title=f"{desc}: Grad-CAM of class {cls}")
-        summary.update(target_class=cls)
+        summary.update(target_class=cls, cam_stage=args.cam_stage)
     atomic_write_text(args.output / f"{args.what}.json", json.dumps(jsonable(summary), indent=2) + "\n")
     print(f"wrote {args.output / (args.what + '.png')}", file=sys.stderr)
     return summary
