@@ -61,6 +61,7 @@ __all__ = [
     "attention_maps",
     "query_token",
     "channel_matrix",
+    "default_erf_taps",
     "effective_receptive_field",
     "cam_target",
     "grad_cam",
@@ -305,6 +306,13 @@ def channel_matrix(record: AttentionRecord, batch: int = 0) -> torch.Tensor:
 # Effective receptive field
 
 
+def default_erf_taps(model: nn.Module) -> List[int]:
+    """Feature taps :func:`effective_receptive_field` draws by default: all of a model with at most
+    six (hierarchical stages), else four evenly spaced ones (the blocks of a plain model)."""
+    n = len(model.feature_info)
+    return list(range(n)) if n <= 6 else sorted({round(i * (n - 1) / 3) for i in range(4)})
+
+
 def effective_receptive_field(
     model: nn.Module, images: torch.Tensor, indices: Optional[Sequence[int]] = None
 ) -> List[torch.Tensor]:
@@ -326,7 +334,7 @@ def effective_receptive_field(
     """
     n = len(model.feature_info)
     if indices is None:
-        indices = list(range(n)) if n <= 6 else sorted({round(i * (n - 1) / 3) for i in range(4)})
+        indices = default_erf_taps(model)
     bad = [i for i in indices if not -n <= i < n]
     if bad:
         raise ValueError(f"stage index {bad} out of range: the model has {n} feature taps (0..{n - 1})")

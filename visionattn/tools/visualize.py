@@ -189,8 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             maps = viz.effective_receptive_field(model, xs, args.stages)
         except ValueError as e:
             raise UsageError(str(e)) from None
-        n = len(model.feature_info)
-        stages = args.stages if args.stages is not None else (list(range(n)) if n <= 6 else sorted({round(i * (n - 1) / 3) for i in range(4)}))
+        stages = args.stages if args.stages is not None else viz.default_erf_taps(model)
         labels = [f"{model.feature_info[i]['module']} (/{model.feature_info[i]['reduction']})" for i in stages]
         maps = [m.cpu() for m in maps]
         viz.plot_erf(maps, labels, args.output / "erf.png", title=f"{desc}: effective receptive field, {len(files)} image(s)")
