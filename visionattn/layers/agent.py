@@ -40,7 +40,7 @@ would save a ``sqrt(s)``-scaled copy of the ``(B, N, C)`` keys / queries for bac
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +124,16 @@ def _agent_attend(
         return F.dropout(attn, drop, training=True) @ agent_v if drop else attn @ agent_v
     agent_v = F.scaled_dot_product_attention(agents, kh, vh, attn_mask=b1.to(qh.dtype)[None], dropout_p=drop, scale=scale)
     return F.scaled_dot_product_attention(qh, agents, agent_v, attn_mask=b2.to(qh.dtype)[None], dropout_p=drop, scale=scale)
+
+
+def _agent_attend_weights(
+    agents: torch.Tensor, qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, scale: float
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_agent_attend` (eval, no dropout) with both softmaxes explicit: ``(out, agent_attn
+    (B, m, n, N), query_attn (B, m, N, n))``."""
+    agent_attn = torch.softmax((agents * scale) @ kh.transpose(-2, -1) + b1.to(qh.dtype), dim=-1)
+    query_attn = torch.softmax((qh * scale) @ agents.transpose(-2, -1) + b2.to(qh.dtype), dim=-1)
+    return query_attn @ (agent_attn @ vh), agent_attn, query_attn
 
 
 # leaves of FX graphs (see ops/_trace.py)
@@ -305,3 +315,44 @@ class AgentAttention(nn.Module):
             out = out + local
         out = self.proj_drop(self.proj(out))
         return out.reshape(B, H, W, C) if nhwc else out
+
+    def forward_attention(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        """:meth:`forward` with both softmaxes explicit, returning them (inspection).
+
+        Called by :func:`visionattn.visualize.capture_attention` in place of :meth:`forward`
+        (same output to float tolerance, eval mode).
+
+        Returns:
+            ``(out, record)``, ``record = {"kind": "agent", "agent_attn": (B, m, n, P + H*W)``
+            (agent aggregation, agents -> keys), ``"query_attn": (B, m, P + H*W, n)`` (agent
+            broadcast, queries -> agents), ``"size": (H, W), "prefix": P}``. The composed
+            query -> key map is ``query_attn @ agent_attn`` (rows sum to 1); the DWC term on V is
+            not attention and is not part of it.
+        """
+        _check_agent_input(x, self.num_prefix_tokens, grid)
+        P = self.num_prefix_tokens
+        nhwc = grid is None
+        if grid is None:
+            B, H, W, C = x.shape
+            x = x.reshape(B, H * W, C)
+        else:
+            H, W = grid[0], grid[1]
+            B, N, C = x.shape
+        N = x.shape[1]
+        m, d, n = self.num_heads, self.head_dim, self.agent_num
+        if hasattr(self, "q"):
+            q = self.q(x)
+            k, v = self.kv(x).reshape(B, N, 2, C).unbind(2)
+        else:
+            q, k, v = self.qkv(x).reshape(B, N, 3, C).unbind(2)
+        q_img = q[:, P:].reshape(B, H, W, C).permute(0, 3, 1, 2)
+        agents = F.adaptive_avg_pool2d(q_img, self.pool_size).reshape(B, m, d, n).transpose(-1, -2)
+        qh, kh, vh = (t.reshape(B, N, m, d).transpose(1, 2) for t in (q, k, v))
+        b1, b2 = self.agent_biases(H, W)
+        out, agent_attn, query_attn = _agent_attend_weights(agents, qh, kh, vh, b1, b2, self.scale)
+        out = out.transpose(1, 2).reshape(B, N, C)
+        local = self.dwc(v[:, P:].reshape(B, H, W, C).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(B, H * W, C)
+        out = torch.cat([out[:, :P], out[:, P:] + local], dim=1) if P else out + local
+        out = self.proj_drop(self.proj(out))
+        record = {"kind": "agent", "agent_attn": agent_attn, "query_attn": query_attn, "size": (H, W), "prefix": P}
+        return (out.reshape(B, H, W, C) if nhwc else out), record

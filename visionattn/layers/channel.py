@@ -19,6 +19,8 @@ chunk order: **rows ``[0:C]`` of ``qkv`` are the values, ``[C:2C]`` the (scaled)
 """
 from __future__ import annotations
 
+from typing import Any, Dict, Tuple
+
 import torch
 from torch import nn
 
@@ -54,6 +56,10 @@ class ChannelGroupAttention(nn.Module):
         return f"num_groups={self.num_groups}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mix(x)[0]
+
+    def _mix(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(output, attention (B, G, C_g, C_g))`` of :meth:`forward`."""
         shape = x.shape
         B, C = shape[0], shape[-1]
         x = x.flatten(1, -2)  # (B, N, C): flatten, not reshape(B, -1, C), so an empty batch works (and TorchScript)
@@ -63,4 +69,15 @@ class ChannelGroupAttention(nn.Module):
         attn = ((q * self.scale).transpose(-2, -1) @ k).softmax(dim=-1)  # (B, G, C_g, C_g): channel i -> channel j
         x = v @ attn.transpose(-2, -1)  # (B, G, N, C_g): out[n, i] = sum_j attn[i, j] v[n, j]
         x = x.transpose(1, 2).reshape(shape)
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(self.proj(x)), attn
+
+    def forward_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        """:meth:`forward`, also returning its channel attention (the softmax is already explicit).
+
+        Returns:
+            ``(out, record)``, ``record = {"kind": "channel", "attn": (B, G, C_g, C_g)}``: row ``i``
+            of group ``g`` holds the weights of output channel ``g*C_g + i`` over the group's value
+            channels (rows sum to 1). Called by :func:`visionattn.visualize.capture_attention`.
+        """
+        out, attn = self._mix(x)
+        return out, {"kind": "channel", "attn": attn}

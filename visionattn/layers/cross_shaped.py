@@ -13,12 +13,12 @@ padding rules are :func:`visionattn.ops.stripe.stripe_attention`.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from ..ops.stripe import stripe_attention
+from ..ops.stripe import stripe_attention, stripe_attention_with_weights
 
 torch.fx.wrap("stripe_attention")  # a leaf of FX graphs (stripes and padding depend on the map size)
 
@@ -115,6 +115,34 @@ class CrossShapedWindowAttention(nn.Module):
             outs.append(o.reshape(B, H, W, c1 - c0))
         x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         return self.proj_drop(self.proj(x))
+
+    def forward_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        """:meth:`forward` through the explicit softmax, returning each branch's stripe attention.
+
+        Called by :func:`visionattn.visualize.capture_attention` in place of :meth:`forward`
+        (same output to float tolerance, eval mode).
+
+        Returns:
+            ``(out, record)``, ``record = {"kind": "stripes", "size": (H, W), "branches": [...]}``
+            with one entry per branch in channel order (vertical stripes first, then horizontal;
+            one ``full`` branch in the last stage): ``{"attn": (B, nW, heads_b, N, N), "pos": (nW, N),
+            "stripe": (sh, sw)}`` as :func:`~visionattn.ops.stripe.stripe_attention_with_weights`
+            (``None`` in ``stripe`` = the full extent). Heads are numbered across branches in order.
+        """
+        B, H, W, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, H, W, 3, C).unbind(3)
+        d = self.head_dim
+        outs, branches = [], []
+        lepe_bias = self.lepe.bias
+        for c0, c1, stripe in self.branches():
+            m = (c1 - c0) // d
+            o, attn, pos = stripe_attention_with_weights(
+                q[..., c0:c1].reshape(B, H, W, m, d), k[..., c0:c1].reshape(B, H, W, m, d), v[..., c0:c1].reshape(B, H, W, m, d),
+                stripe, self.scale, self.lepe.weight[c0:c1], lepe_bias[c0:c1] if lepe_bias is not None else None, self.mask_padding)
+            outs.append(o.reshape(B, H, W, c1 - c0))
+            branches.append({"attn": attn, "pos": pos, "stripe": stripe})
+        x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+        return self.proj_drop(self.proj(x)), {"kind": "stripes", "size": (H, W), "branches": branches}
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, " + (

@@ -10,13 +10,15 @@ before ``proj`` — so padded tokens carry the qkv bias and are attended to, exa
 """
 from __future__ import annotations
 
+from typing import Any, Dict, Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.layers import trunc_normal_
 
 from ..ops._trace import crop_nhwc, pad_nhwc_min
-from ..ops.neighborhood import _BACKENDS, na2d
+from ..ops.neighborhood import _BACKENDS, na2d, na2d_with_weights
 
 # leaves of FX graphs: the padding decision and the attention op (whose tiling plan depends on the
 # map size) run at call time (see ops/_trace.py)
@@ -95,3 +97,26 @@ class NeighborhoodAttention2d(nn.Module):
         x = na2d(q, k, v, self.kernel_size, self.dilation, self.rpb, self.scale, self.backend, None)  # all arguments: TorchScript
         x = crop_nhwc(x.reshape(B, Hp, Wp, C), H, W)
         return self.proj_drop(self.proj(x))
+
+    def forward_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        """:meth:`forward` through the explicit softmax, returning the attention it used (inspection).
+
+        :func:`visionattn.visualize.capture_attention` calls this in place of :meth:`forward`; the
+        output equals :meth:`forward`'s to float tolerance (same projections, padding and cropping;
+        :func:`~visionattn.ops.neighborhood.na2d_with_weights` instead of :func:`na2d`).
+
+        Returns:
+            ``(out, record)``, ``record = {"kind": "neighborhood", "attn": (B, heads, Hp, Wp, K*K),
+            "keys_r": (Hp, K), "keys_c": (Wp, K), "size": (H, W), "kernel_size", "dilation"}``
+            over the map padded to at least ``K*d`` (``Hp, Wp``; keys beyond ``H, W`` are padding).
+        """
+        B, H, W, C = x.shape
+        span = self.kernel_size * self.dilation
+        x = pad_nhwc_min(x, span, span)
+        Hp, Wp = x.shape[1], x.shape[2]
+        q, k, v = self.qkv(x).reshape(B, Hp, Wp, 3, self.num_heads, self.head_dim).unbind(3)
+        out, attn, keys_r, keys_c = na2d_with_weights(q, k, v, self.kernel_size, self.dilation, self.rpb, self.scale)
+        out = crop_nhwc(out.reshape(B, Hp, Wp, C), H, W)
+        record = {"kind": "neighborhood", "attn": attn, "keys_r": keys_r, "keys_c": keys_c, "size": (H, W),
+                  "kernel_size": self.kernel_size, "dilation": self.dilation}
+        return self.proj_drop(self.proj(out)), record

@@ -7,14 +7,14 @@ of BiFormer-T/S/B, STL) and ``models/_common.py::AttentionLePE`` (stage 4, ``top
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..ops._trace import crop_nhwc, pad_nhwc
-from ..ops.routing import bra2d
+from ..ops.routing import bra2d, bra2d_with_weights
 
 # leaves of FX graphs: padding decisions and the routing op (its region grid depends on the map
 # size) run at call time (see ops/_trace.py)
@@ -111,6 +111,36 @@ class BiLevelRoutingAttention(nn.Module):
         out = crop_nhwc(out, H, W)
         return self.proj_drop(self.proj(out))
 
+    def forward_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        """:meth:`forward` through the explicit softmax, returning the routing and weights it used.
+
+        Called by :func:`visionattn.visualize.capture_attention` in place of :meth:`forward`
+        (same output to float tolerance: :func:`~visionattn.ops.routing.bra2d_with_weights` shares
+        :func:`~visionattn.ops.routing.bra2d`'s routing).
+
+        Returns:
+            ``(out, record)``, ``record = {"kind": "routing", "attn": (B, heads, R, T, topk*T),
+            "idx": (B, R, topk), "grid": RegionGrid, "size": (H, W)}`` (see
+            :func:`~visionattn.ops.routing.bra2d_with_weights`; with ``pad_mode='zero'`` the grid
+            covers the zero-padded map and its padded tokens are real keys).
+        """
+        B, H, W, C = x.shape
+        if self.pad_mode == "zero":
+            n_h, n_w = (self.num_regions, self.num_regions) if isinstance(self.num_regions, int) else self.num_regions
+            x = pad_nhwc(x, n_h, n_w)
+        Hp, Wp = x.shape[1], x.shape[2]
+        m = self.num_heads
+        q, k, v = self.qkv(x).split([self.qk_dim, self.qk_dim, C], dim=-1)
+        out, attn, idx, grid = bra2d_with_weights(
+            q.reshape(B, Hp, Wp, m, self.qk_dim // m), k.reshape(B, Hp, Wp, m, self.qk_dim // m),
+            v.reshape(B, Hp, Wp, m, C // m), self.num_regions, self.topk, self.scale)
+        out = out.reshape(B, Hp, Wp, C)
+        if self.lepe is not None:
+            out = out + self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        out = crop_nhwc(out, H, W)
+        record = {"kind": "routing", "attn": attn, "idx": idx, "grid": grid, "size": (H, W), "topk": self.topk}
+        return self.proj_drop(self.proj(out)), record
+
 
 class AttentionLePE(nn.Module):
     """Global multi-head self-attention with LePE on the block input (BiFormer stage 4).
@@ -154,3 +184,15 @@ class AttentionLePE(nn.Module):
         if self.lepe is not None:
             out = out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.proj_drop(self.proj(out))
+
+    def forward_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        """:meth:`forward` through the explicit softmax; ``record = {"kind": "global", "attn":
+        (B, heads, H*W, H*W), "size": (H, W), "prefix": 0}`` (query rows, key columns, row-major
+        tokens). Called by :func:`visionattn.visualize.capture_attention`."""
+        B, H, W, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(B, H, W, C)
+        if self.lepe is not None:
+            out = out + self.lepe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.proj_drop(self.proj(out)), {"kind": "global", "attn": attn, "size": (H, W), "prefix": 0}

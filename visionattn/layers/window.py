@@ -31,7 +31,7 @@ exactly as the official DaViT code and timm's ``davit.py`` do.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -227,3 +227,52 @@ class WindowAttention(nn.Module):
             out = torch.roll(out, shifts=(S[0], S[1]), dims=(1, 2))
         out = crop_nhwc(out, H, W)
         return self.proj_drop(self.proj(out))
+
+    def forward_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        """:meth:`forward` through the explicit softmax, returning the attention it used (inspection).
+
+        Called by :func:`visionattn.visualize.capture_attention` in place of :meth:`forward`:
+        the same projections, partition, bias and masks (:func:`_window_mask`), with
+        ``softmax(q k^T * scale + mask)`` materialised; outputs equal :meth:`forward`'s to float
+        tolerance (eval mode: no attention dropout).
+
+        Returns:
+            ``(out, record)``. Global partition: ``{"kind": "global", "attn": (B, heads, H*W, H*W),
+            "size": (H, W), "prefix": 0}``. Block / grid: ``{"kind": "windows", "attn": (B, nW, heads,
+            N, N), "pos": (nW, N), "size": (H, W), "partition", "window", "shift"}`` where window
+            ``w`` slot ``s`` holds token ``pos[w, s]`` (row-major index into the ``H x W`` map, -1 for
+            a padded slot), windows in the partition's order (after Swin's roll when shifted).
+        """
+        B, H, W, C = x.shape
+        if self.partition == "global":
+            q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            logits = (q * self.scale) @ k.transpose(-2, -1)
+            if self.rpb is not None:
+                logits = logits + relative_position_bias(self.rpb, H, W).to(q.dtype).unsqueeze(0)
+            attn = logits.softmax(dim=-1)
+            out = (attn @ v).transpose(1, 2).reshape(B, H, W, C)
+            return self.proj_drop(self.proj(out)), {"kind": "global", "attn": attn, "size": (H, W), "prefix": 0}
+        P, S = self.window_size, self.shift_size
+        xp = pad_nhwc(x, P[0], P[1])
+        Hp, Wp = xp.shape[1], xp.shape[2]
+        # where each window slot comes from: the same pad / roll / partition applied to token indices
+        pos = torch.arange(1, H * W + 1, device=x.device, dtype=torch.float64).view(1, H, W, 1)
+        pos = pad_nhwc(pos, P[0], P[1])
+        if S[0] or S[1]:
+            xp = torch.roll(xp, shifts=(-S[0], -S[1]), dims=(1, 2))
+            pos = torch.roll(pos, shifts=(-S[0], -S[1]), dims=(1, 2))
+        win = _partition(xp, P, self.partition)
+        pos = _partition(pos, P, self.partition).reshape(-1, P[0] * P[1]).long() - 1  # (nW, N)
+        Bw, N = win.shape[0], P[0] * P[1]
+        q, k, v = self.qkv(win).reshape(Bw, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        mask = _window_mask(self.window_bias(), q, H, W, Hp, Wp, P, S, self.partition, self.mask_padding, B)
+        logits = (q * self.scale) @ k.transpose(-2, -1)
+        attn = (logits if mask is None else logits + mask).softmax(dim=-1)  # (B * nW, heads, N, N)
+        out = (attn @ v).transpose(1, 2).reshape(Bw, P[0], P[1], C)
+        out = _reverse(out, P, (Hp, Wp), self.partition)
+        if S[0] or S[1]:
+            out = torch.roll(out, shifts=(S[0], S[1]), dims=(1, 2))
+        out = crop_nhwc(out, H, W)
+        record = {"kind": "windows", "attn": attn.view(B, -1, self.num_heads, N, N), "pos": pos, "size": (H, W),
+                  "partition": self.partition, "window": P, "shift": S}
+        return self.proj_drop(self.proj(out)), record

@@ -45,6 +45,7 @@ from ._trace import cache_context, is_tracing, script_ignore
 __all__ = [
     "na2d",
     "na2d_reference",
+    "na2d_with_weights",
     "window_start",
     "neighborhood_indices",
     "natten_available",
@@ -645,3 +646,54 @@ def na2d(
         return _na2d_full(q, k, v, ks, rpb, scale)
     tile = None if tile_size is None else _pair(tile_size, "tile_size")
     return _na2d_tiled(q, k, v, ks, dil, rpb, scale, tile)
+
+
+# ------------------------------------------------------------------------------------------------
+# Explicit path with the attention weights (inspection)
+
+
+def na2d_with_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel_size: IntOrPair,
+    dilation: IntOrPair = 1,
+    rpb: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Neighborhood attention that also returns its softmax, one window per query (for inspection).
+
+    The keys of every query are gathered through :func:`neighborhood_indices` (the windows of the
+    module docstring, border shift and dilation included), so the softmax is materialised at its
+    natural size ``K_h * K_w`` per query: ``O(H*W * K^2)`` memory, no ``(H*W)^2`` matrix.
+
+    Args:
+        q, k, v, kernel_size, dilation, rpb, scale: as :func:`na2d`.
+
+    Returns:
+        ``(out, attn, keys_r, keys_c)``: ``out (B, H, W, heads, head_dim_v)`` (what :func:`na2d`
+        returns), ``attn (B, heads, H, W, K_h * K_w)`` the softmax of query ``(i, j)`` over its keys
+        in row-major window order, ``keys_r (H, K_h)`` / ``keys_c (W, K_w)`` int64 the absolute
+        rows / columns of those keys (key ``a * K_w + b`` of query ``(i, j)`` is
+        ``(keys_r[i, a], keys_c[j, b])``).
+
+    Raises:
+        ValueError: see :func:`check_na2d_args`.
+    """
+    (kh, kw), (dh, dw) = check_na2d_args(q, k, v, kernel_size, dilation, rpb)
+    B, H, W, nh, hd = q.shape
+    scale = hd ** -0.5 if scale is None else float(scale)
+    keys_r, bias_r = neighborhood_indices(H, kh, dh)
+    keys_c, bias_c = neighborhood_indices(W, kw, dw)
+    dev = q.device
+    ir = keys_r.to(dev)[:, None, :, None]  # (H, 1, Kh, 1)
+    ic = keys_c.to(dev)[None, :, None, :]  # (1, W, 1, Kw)
+    kg = k[:, ir, ic]  # (B, H, W, Kh, Kw, heads, d)
+    vg = v[:, ir, ic]
+    logits = torch.einsum("bhwnd,bhwijnd->bnhwij", q * scale, kg)
+    if rpb is not None:
+        bias = rpb[:, bias_r.to(dev)[:, None, :, None], bias_c.to(dev)[None, :, None, :]]  # (heads, H, W, Kh, Kw)
+        logits = logits + bias.to(logits.dtype)
+    attn = logits.reshape(B, nh, H, W, kh * kw).softmax(dim=-1)
+    out = torch.einsum("bnhwij,bhwijnd->bhwnd", attn.view(B, nh, H, W, kh, kw), vg)
+    return out, attn, keys_r, keys_c

@@ -60,6 +60,7 @@ __all__ = [
     "gather_regions",
     "bra2d",
     "bra2d_reference",
+    "bra2d_with_weights",
     "bra2d_flops",
 ]
 
@@ -212,6 +213,25 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         )
 
 
+def _route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_regions: IntOrPair, topk: int):
+    """The routing half of :func:`bra2d`: ``(grid, idx, q, k, v, mask)`` with queries
+    ``(B, heads*R, T, d_qk)``, routed keys/values ``(B, heads*R, topk*T, d)`` and the boolean
+    key mask ``(B, heads*R, 1, topk*T)`` of padded tokens (None when the map is divisible)."""
+    _check(q, k, v)
+    B, H, W, m, dq = q.shape
+    grid = region_grid(H, W, num_regions)
+    qr, kr, vr = (region_partition(t, grid) for t in (q, k, v))
+    valid = region_valid_mask(grid, q.device) if grid.padded else None
+    idx = topk_routing(region_means(qr, valid), region_means(kr, valid), topk)  # (B, R, kk)
+    kk, R, T = idx.shape[-1], grid.num_regions, grid.region_tokens
+    kg = gather_regions(kr, idx).view(B, m * R, kk * T, dq)
+    vg = gather_regions(vr, idx).view(B, m * R, kk * T, vr.shape[-1])
+    mask = None
+    if valid is not None:
+        mask = valid[idx].view(B, 1, R, 1, kk * T).expand(B, m, R, 1, kk * T).reshape(B, m * R, 1, kk * T)
+    return grid, idx, qr.reshape(B, m * R, T, dq), kg, vg, mask
+
+
 @script_ignore(num_regions=int)  # TorchScript calls it through Python (region grid: a Python NamedTuple)
 @register_notrace_function  # a leaf of FX graphs: its region grid depends on the map size
 def bra2d(
@@ -238,20 +258,9 @@ def bra2d(
     Raises:
         ValueError: mismatched shapes, ``topk < 1``.
     """
-    _check(q, k, v)
-    B, H, W, m, dq = q.shape
-    grid = region_grid(H, W, num_regions)
-    qr, kr, vr = (region_partition(t, grid) for t in (q, k, v))
-    valid = region_valid_mask(grid, q.device) if grid.padded else None
-    idx = topk_routing(region_means(qr, valid), region_means(kr, valid), topk)  # (B, R, kk)
-    kk, R, T = idx.shape[-1], grid.num_regions, grid.region_tokens
-    kg = gather_regions(kr, idx).view(B, m * R, kk * T, dq)
-    vg = gather_regions(vr, idx).view(B, m * R, kk * T, vr.shape[-1])
-    mask = None
-    if valid is not None:
-        mask = valid[idx].view(B, 1, R, 1, kk * T).expand(B, m, R, 1, kk * T).reshape(B, m * R, 1, kk * T)
-    out = F.scaled_dot_product_attention(qr.reshape(B, m * R, T, dq), kg, vg, attn_mask=mask, scale=scale)
-    return region_reverse(out.view(B, m, R, T, vr.shape[-1]), grid)
+    grid, idx, qg, kg, vg, mask = _route(q, k, v, num_regions, topk)
+    out = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, scale=scale)
+    return region_reverse(out.view(q.shape[0], q.shape[3], grid.num_regions, grid.region_tokens, v.shape[-1]), grid)
 
 
 def bra2d_reference(
@@ -298,3 +307,36 @@ def bra2d_flops(H: int, W: int, heads: int, d_qk: int, d_v: int, num_regions: In
     kk = min(topk, g.num_regions)
     n = batch * heads * g.num_regions * g.region_tokens * kk * g.region_tokens
     return n * (d_qk + d_v) + batch * g.num_regions * g.num_regions * heads * d_qk
+
+
+def bra2d_with_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    num_regions: IntOrPair = 7,
+    topk: int = 4,
+    scale: Optional[float] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, RegionGrid]:
+    """:func:`bra2d` with the token-level softmax materialised and returned (for inspection).
+
+    Same routing and gather as :func:`bra2d` (one shared helper); the attention is the explicit
+    ``softmax(q k^T * scale)`` over the routed keys, padded keys masked to weight 0.
+
+    Returns:
+        ``(out, attn, idx, grid)``: ``out (B, H, W, heads, d_v)``; ``attn (B, heads, R, T,
+        topk*T)``, the weights of token ``t`` (row-major inside its region) of query region ``r``
+        over the ``T`` tokens of each of its routed regions in ``idx`` order; ``idx (B, R, topk)``
+        the routed key regions (row-major region numbers); ``grid`` the :class:`RegionGrid`.
+
+    Raises:
+        ValueError: as :func:`bra2d`.
+    """
+    grid, idx, qg, kg, vg, mask = _route(q, k, v, num_regions, topk)
+    dq = q.shape[-1]
+    logits = (qg @ kg.transpose(-2, -1)) * (dq ** -0.5 if scale is None else scale)
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))
+    attn = logits.softmax(dim=-1)  # (B, heads*R, T, kk*T)
+    B, m, R, T = q.shape[0], q.shape[3], grid.num_regions, grid.region_tokens
+    out = region_reverse((attn @ vg).view(B, m, R, T, v.shape[-1]), grid)
+    return out, attn.view(B, m, R, T, -1), idx, grid

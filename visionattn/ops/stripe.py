@@ -36,7 +36,7 @@ from ._trace import script_ignore
 
 from .window import window_partition, window_reverse
 
-__all__ = ["stripe_size", "pad_symmetric", "stripe_attention"]
+__all__ = ["stripe_size", "pad_symmetric", "stripe_attention", "stripe_attention_with_weights"]
 
 Stripe = Tuple[Optional[int], Optional[int]]
 
@@ -107,6 +107,36 @@ def stripe_attention(
     Raises:
         ValueError: mismatched shapes, a non-positive stripe width, a bad LePE weight.
     """
+    return _stripe(q, k, v, stripe, scale, lepe_weight, lepe_bias, mask_padding, dropout_p, False)[0]
+
+
+def stripe_attention_with_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    stripe: Stripe,
+    scale: Optional[float] = None,
+    lepe_weight: Optional[torch.Tensor] = None,
+    lepe_bias: Optional[torch.Tensor] = None,
+    mask_padding: bool = True,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`stripe_attention` (no dropout) with the softmax materialised and returned (inspection).
+
+    Returns:
+        ``(out, attn, pos)``: ``out`` as :func:`stripe_attention`; ``attn (B, nW, heads, N, N)``
+        the softmax inside each stripe window (``N = sh * sw``, slots row-major); ``pos (nW, N)``
+        int64, the token each slot holds as a row-major index into the ``H x W`` map, -1 for a
+        padded slot.
+
+    Raises:
+        ValueError: as :func:`stripe_attention`.
+    """
+    return _stripe(q, k, v, stripe, scale, lepe_weight, lepe_bias, mask_padding, 0.0, True)
+
+
+def _stripe(q, k, v, stripe: Stripe, scale, lepe_weight, lepe_bias, mask_padding: bool, dropout_p: float, need_weights: bool):
+    """The body of :func:`stripe_attention`; with ``need_weights`` the softmax is explicit and
+    ``(out, attn, pos)`` is returned (see :func:`stripe_attention_with_weights`), else ``(out, None, None)``."""
     if q.dim() != 5 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(
             f"stripe_attention: q, k, v must share a (B, H, W, heads, head_dim) shape; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
@@ -133,14 +163,27 @@ def stripe_attention(
         valid[:, pads[0] : pads[0] + H, pads[2] : pads[2] + W] = True
         valid = window_partition(valid, (sh, sw)).reshape(1, -1, 1, 1, N)  # (1, nW, 1, 1, N)
         mask = valid.expand(B, -1, 1, 1, N).reshape(nBW, 1, 1, N)
-    out = F.scaled_dot_product_attention(
-        heads(window_partition(q, (sh, sw))),
-        heads(window_partition(k, (sh, sw))),
-        heads(v_win),
-        attn_mask=mask,
-        dropout_p=dropout_p,
-        scale=scale,
-    )
+    attn = pos = None
+    if need_weights:
+        qh, kh = heads(window_partition(q, (sh, sw))), heads(window_partition(k, (sh, sw)))
+        logits = (qh @ kh.transpose(-2, -1)) * (d ** -0.5 if scale is None else scale)
+        if mask is not None:
+            logits = logits.masked_fill(~mask, float("-inf"))
+        attn = logits.softmax(dim=-1)  # (B*nW, heads, N, N)
+        out = attn @ heads(v_win)
+        ids = torch.arange(1, H * W + 1, dtype=torch.float64, device=q.device).view(1, H, W, 1)
+        ids, _ = pad_symmetric(ids, (sh, sw))
+        pos = window_partition(ids, (sh, sw)).reshape(-1, N).long() - 1
+        attn = attn.view(B, -1, m, N, N)
+    else:
+        out = F.scaled_dot_product_attention(
+            heads(window_partition(q, (sh, sw))),
+            heads(window_partition(k, (sh, sw))),
+            heads(v_win),
+            attn_mask=mask,
+            dropout_p=dropout_p,
+            scale=scale,
+        )
     out = out.transpose(1, 2).reshape(nBW, sh, sw, C)
     if lepe_weight is not None:
         ks = lepe_weight.shape[-1]
@@ -149,4 +192,4 @@ def stripe_attention(
     out = window_reverse(out, (sh, sw), (Hp, Wp))
     if Hp != H or Wp != W:
         out = out[:, pads[0] : pads[0] + H, pads[2] : pads[2] + W]
-    return out.reshape(B, H, W, m, d)
+    return out.reshape(B, H, W, m, d), attn, pos
