@@ -95,7 +95,7 @@ def load_model(args: argparse.Namespace) -> Tuple[torch.nn.Module, Dict[str, Any
     """``(model in eval mode, data config, description of the weights)`` from the flags."""
     from timm.data import resolve_data_config
 
-    from visionattn.tools.validate import build_model, read_checkpoint
+    from visionattn.engine.model import build_model, read_checkpoint
     import timm
 
     if unknown_model_message(args.model):
