@@ -27,6 +27,7 @@ import visionattn
 from visionattn.models import _hub, _manifest
 from visionattn.models import agent as agent_mod
 from visionattn.models import van as van_mod
+from visionattn.models import inline as inline_mod
 from visionattn.models import biformer as biformer_mod
 from visionattn.models import cswin as cswin_mod
 from visionattn.models import davit as davit_mod
@@ -42,7 +43,7 @@ from _official_nat import OfficialIsotropic, OfficialNAT, randomize_
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILY_MODULES = dict(nat=nat_mod, biformer=biformer_mod, cswin=cswin_mod, maxvit=maxvit_mod, davit=davit_mod, agent=agent_mod, van=van_mod)
+FAMILY_MODULES = dict(nat=nat_mod, biformer=biformer_mod, cswin=cswin_mod, maxvit=maxvit_mod, davit=davit_mod, agent=agent_mod, inline=inline_mod, van=van_mod)
 
 # small variants: ours as constructor kwargs, the official tree with the same shapes
 NAT_KW = dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2])
@@ -81,13 +82,15 @@ def test_every_registered_tag_has_an_entry_and_vice_versa():
     archs = {n.split(".", 1)[0] for n, _ in registered}
     assert archs == set(visionattn.list_models())  # every model has at least one entry
     counts = collections.Counter(f for _, f in entries)
-    assert counts == dict(nat=25, biformer=4, cswin=7, maxvit=21, davit=6, agent=18, van=7)
+    assert counts == dict(nat=25, biformer=4, cswin=7, maxvit=21, davit=6, agent=18, inline=15, van=7)
 
 
 def test_every_released_checkpoint_has_a_source_a_hub_id_and_reported_metrics():
     for name, e in _manifest.manifest_entries().items():
         if not e["official_urls"]:
-            assert e["hub_id"] is None and ("davit" in name or name in ("van_b5", "van_b6")), name  # DaViT L/H/G, VAN B5/B6: never released
+            # DaViT L/H/G, VAN B5/B6, InLine's 384 fine-tune configs: never released
+            assert e["hub_id"] is None and ("davit" in name or name in ("van_b5", "van_b6", "inline_swin_base_384",
+                                                                        "inline_cswin_base_384")), name
             continue
         assert e["hub_id"], name
         if e["family"] in ("maxvit", "davit"):
