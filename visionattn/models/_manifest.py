@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 HUB_ORG = "visionattn"
-FAMILIES = ("nat", "biformer", "cswin", "maxvit", "davit", "agent")
+FAMILIES = ("nat", "biformer", "cswin", "maxvit", "davit", "agent", "crossformer")
 _MANIFEST_FILE = "pretrained.yaml"
 
 _ENTRY_FIELDS = {
