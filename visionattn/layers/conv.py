@@ -332,7 +332,7 @@ class ActivationCooling(nn.Module):
     """Activation cooling layer (ACL) of CrossFormer++: ``x = LN(dwconv3x3(x))``, no residual.
 
     It rescales the residual stream, whose activations otherwise grow with depth (Wang et al.,
-    CrossFormer++, TPAMI 2023, Sec. 4.2; github cheerss/CrossFormer ``models/crossformer.py``
+    CrossFormer++, TPAMI 2023; github cheerss/CrossFormer ``models/crossformer.py``
     ``CrossFormerBlock`` ``ex_conv`` / ``ex_ln``). Keys ``conv``, ``norm``.
 
     Shapes: NHWC ``(B, H, W, dim) -> (B, H, W, dim)``.

@@ -89,7 +89,7 @@ def dpb_coords(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
     ``(h - 1 - r, w - 1 - c)``."""
     dr = torch.arange(h - 1, -h, -1, device=like.device, dtype=like.dtype)
     dc = torch.arange(w - 1, -w, -1, device=like.device, dtype=like.dtype)
-    return torch.stack(torch.meshgrid(dr, dc, indexing="ij"), dim=-1)
+    return torch.stack((dr[:, None].expand(2 * h - 1, 2 * w - 1), dc[None, :].expand(2 * h - 1, 2 * w - 1)), dim=-1)
 
 
 torch.fx.wrap("dpb_coords")
