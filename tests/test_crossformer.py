@@ -19,7 +19,13 @@ from visionattn.layers import ActivationCooling, CrossScaleEmbed, DynamicPosBias
 from visionattn.models import CheckpointKeyError
 from visionattn.models.crossformer import CrossFormer, checkpoint_filter_fn
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Inference only in this module (restored afterwards: other modules train)."""
+    with torch.no_grad():
+        yield
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,13 +112,15 @@ def test_cross_scale_embed_concatenates_centred_convs():
     assert [c.out_channels for c in stem.convs] == [16, 8, 8]
     _randomise(stem, 0.05)
     x = torch.randn(1, 3, 37, 45)
-    # reference: each conv on the image zero-padded by (k - 4) / 2, then LayerNorm over the concat
-    outs = [F.conv2d(F.pad(x, [(c.kernel_size[0] - 4) // 2] * 4), c.weight, c.bias, stride=4) for c in stem.convs]
+    # reference: each conv on the image zero-padded by (k - 4) / 2 around, plus bottom/right to a
+    # multiple of 4 (40 x 48), then LayerNorm over the concatenation
+    outs = [F.conv2d(F.pad(x, [(c.kernel_size[0] - 4) // 2, (c.kernel_size[0] - 4) // 2 + 3] * 2), c.weight, c.bias, stride=4)
+            for c in stem.convs]
     ref = F.layer_norm(torch.cat(outs, 1).permute(0, 2, 3, 1), (32,), stem.norm.weight, stem.norm.bias)
     torch.testing.assert_close(stem(x), ref)
-    assert stem(x).shape == (1, 9, 11, 32)
+    assert stem(x).shape == (1, 10, 12, 32)
     down = CrossScaleEmbed(32, 64, (2, 4), stride=2, position="downsample")
-    assert [c.out_channels for c in down.convs] == [32, 32] and down(ref).shape == (1, 4, 5, 64)
+    assert [c.out_channels for c in down.convs] == [32, 32] and down(ref[:, :9, :11]).shape == (1, 5, 6, 64)
     with pytest.raises(ValueError, match="position"):
         CrossScaleEmbed(3, 32, position="middle")
     with pytest.raises(ValueError, match="kernel"):
@@ -226,8 +234,7 @@ def test_any_input_size_and_padding_does_not_leak(size):
     _randomise(m, 0.02)
     x = torch.randn(1, 3, *size)
     feats = m.forward_intermediates(x, intermediates_only=True)
-    H4, W4 = size[0] // 4, size[1] // 4
-    assert [tuple(f.shape[-2:]) for f in feats] == [(H4 >> i, W4 >> i) for i in range(4)]
+    assert [tuple(f.shape[-2:]) for f in feats] == [(-(-size[0] // r), -(-size[1] // r)) for r in (4, 8, 16, 32)]
     assert torch.isfinite(m(x)).all()
 
 

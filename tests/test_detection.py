@@ -252,6 +252,7 @@ FAMILY_KWARGS = {
     "agent_swin_tiny": dict(depths=(1, 1, 1, 1), agent_blocks=(1, 1, 1, 0)), "biformer_tiny": dict(depths=(1, 1, 1, 1)),
     "biformer_stl": dict(depths=(1, 1, 1, 1)), "cswin_tiny": dict(depths=(1, 1, 1, 1)),
     "davit_tiny_va": dict(depths=(1, 1, 1, 1)), "maxvit_tiny": dict(depths=(1, 1, 1, 1)),
+    "crossformer_tiny": dict(depths=(1, 2, 1, 1)),
 }
 FAMILY_REPS = list(FAMILY_KWARGS)
 

@@ -293,8 +293,10 @@ class CrossScaleEmbed(nn.Module):
     LayerNorm over the input before the convs (``PatchMerging``, kernels 2/4, stride 2). Source:
     Wang et al., ICLR 2022, Sec. 3.1; github cheerss/CrossFormer ``models/crossformer.py``.
 
-    Keys ``convs.{i}`` and ``norm``. Sizes follow the convs (as the official code): ``floor(H / stride)``
-    for every kernel of the released configurations.
+    Keys ``convs.{i}`` and ``norm``. Any size: the input (after the downsampler's norm) is
+    zero-padded bottom/right to a multiple of ``stride`` first, so every conv gives
+    ``ceil(H / stride)`` (the official code only runs multiples: its images are padded to 32 for
+    detection, and its merging asserts even maps); at multiples nothing changes.
 
     Args:
         in_chans: input channels; dim: output channels (the sum of the convs').
@@ -302,7 +304,7 @@ class CrossScaleEmbed(nn.Module):
         stride: the common stride; position: ``'stem'`` or ``'downsample'``.
 
     Shapes: ``(B, in_chans, H, W)`` (stem) or ``(B, H, W, in_chans)`` (downsample) ->
-    ``(B, H', W', dim)``.
+    ``(B, ceil(H / stride), ceil(W / stride), dim)``.
 
     Raises:
         ValueError: an unknown ``position``; a kernel smaller than the stride or with odd ``k - stride``.
@@ -317,6 +319,7 @@ class CrossScaleEmbed(nn.Module):
             if k < stride or (k - stride) % 2:
                 raise ValueError(f"CrossScaleEmbed: kernel {k} does not fit stride {stride} (need k >= stride, k - stride even)")
         self.stem = position == "stem"
+        self.stride = stride
         dims = cross_scale_dims(dim, len(kernel_sizes))
         self.convs = nn.ModuleList(nn.Conv2d(in_chans, d, k, stride=stride, padding=(k - stride) // 2) for d, k in zip(dims, kernel_sizes))
         self.norm = norm_layer(dim if self.stem else in_chans)
@@ -324,6 +327,7 @@ class CrossScaleEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.stem:
             x = self.norm(x).permute(0, 3, 1, 2)
+        x = pad_nchw(x, self.stride, self.stride)
         x = torch.cat([conv(x) for conv in self.convs], dim=1).permute(0, 2, 3, 1)
         return self.norm(x) if self.stem else x
 

@@ -30,8 +30,9 @@ are built for the training size; ours for each input). The official classificati
 only the size it was built for; at that size (any size for square inputs) outputs are equal.
 Two documented differences from the official code, both outside the sizes it runs: a rectangular
 map with ``min(H, W) <= G`` is one ``H x W`` group (the official detection backbone's rule; the
-classification code only builds square maps), and odd maps are downsampled to ``floor(H / 2)``
-(the classification code asserts even maps).
+classification code only builds square maps), and images / maps that are not multiples of the
+stride are zero-padded bottom/right before the cross-scale convs, giving ``ceil(H / 4)`` and
+``ceil(H / 2)`` as every family of the zoo (the official merging asserts even maps).
 
 @inproceedings{wang2021crossformer, title={CrossFormer: A Versatile Vision Transformer Hinging on
   Cross-scale Attention}, author={Wang, Wenxiao and Yao, Lu and Chen, Long and Lin, Binbin and Cai,
@@ -112,7 +113,7 @@ class CrossFormer(HierarchicalBackbone):
         attn_drop_rate: attention dropout; drop_path_rate: stochastic depth, linear over all blocks.
 
     Shapes: images ``(B, in_chans, H, W)``, ``H, W >= 32``; ``forward_features`` gives
-    ``(B, 8 * embed_dim, H', W')`` with ``H' = floor(floor(H / 4) / 8)`` for the released kernels;
+    ``(B, 8 * embed_dim, ceil(H / 32), ceil(W / 32))``;
     taps: the four stages (strides 4, 8, 16, 32).
 
     Raises:
