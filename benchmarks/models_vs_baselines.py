@@ -17,7 +17,7 @@ Baselines:
   ``BiFormer`` (rayleizhu/BiFormer ``models/biformer.py``), ``CSWin-Transformer``
   (microsoft/CSWin-Transformer ``models/cswin.py``), ``Agent-Attention`` (LeapLabTHU/Agent-Attention
   ``agent_transformer/models/agent_{deit,pvt,swin,cswin}.py``), ``davit`` (dingmyu/davit
-  ``timm/models/davit.py``). They are imported by file with small shims for the old timm APIs
+  ``timm/models/davit.py``), ``CrossFormer`` (cheerss/CrossFormer ``models/crossformer.py``). They are imported by file with small shims for the old timm APIs
   they expect (``register_model`` made a no-op so they do not overwrite this zoo's timm
   registrations; ``fairscale.nn.checkpoint.checkpoint_wrapper`` as identity; the old fork's
   ``.helpers/.layers/.registry/.vision_transformer`` for DaViT). Their ``einops`` dependency
@@ -209,7 +209,15 @@ def official_factories(official_dir: Path) -> Dict[str, Tuple[str, Factory]]:
     add("Agent-PVT", "official:LeapLabTHU/Agent-Attention agent_pvt_tiny", agent("pvt"))
     add("Agent-DeiT", "official:LeapLabTHU/Agent-Attention agent_deit_tiny", agent("deit"))
     add("Agent-CSwin", "official:LeapLabTHU/Agent-Attention Agent_CSWin_64_24181_tiny_224", agent("cswin"))
+    def crossformer():
+        m = _import_from_repo(official_dir / "CrossFormer", "models.crossformer")
+        # configs/crossformer/tiny_patch4_group7_224.yaml over config.py's defaults
+        return lambda: m.CrossFormer(img_size=224, patch_size=[4, 8, 16, 32], embed_dim=64, depths=[1, 1, 8, 6],
+                                     num_heads=[2, 4, 8, 16], group_size=[7, 7, 7, 7], crs_interval=[8, 4, 2, 1],
+                                     mlp_ratio=[4.0] * 4, merge_size=[[2, 4]] * 3, use_acl=False, drop_path_rate=0.0)
+
     add("DaViT", "official:dingmyu/davit DaViT_tiny", davit)
+    add("CrossFormer", "official:cheerss/CrossFormer cros_tiny_patch4_group7_224", crossformer)
     return out
 
 
@@ -225,6 +233,7 @@ FAMILY_MODELS: Dict[str, Tuple[str, List[str]]] = {
     "Agent-PVT": ("agent_pvt_tiny", []),
     "Agent-DeiT": ("agent_deit_tiny", []),
     "Agent-CSwin": ("agent_cswin_tiny", []),
+    "CrossFormer": ("crossformer_tiny", []),
 }
 
 

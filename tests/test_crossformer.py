@@ -92,6 +92,26 @@ def test_lsda_mixer_equals_dense_masked_attention(H, W, G, I, long):
     torch.testing.assert_close(m(x), _lsda_dense(m, x, G, I, long), rtol=1e-4, atol=1e-5)
 
 
+def test_dilated_partition_by_formula_and_round_trip():
+    from visionattn.ops.window import dilated_partition, dilated_reverse
+
+    G, I, H, W = 2, 3, 12, 18
+    x = torch.arange(H * W, dtype=torch.float32).reshape(1, H, W, 1)
+    win = dilated_partition(x, (G, G), I)
+    # window (region r, offset a, b) holds tokens (r_h * G*I + i*I + a, r_w * G*I + j*I + b)
+    n = 0
+    for rh in range(H // (G * I)):
+        for rw in range(W // (G * I)):
+            for a in range(I):
+                for b in range(I):
+                    ref = [[x[0, rh * G * I + i * I + a, rw * G * I + j * I + b, 0] for j in range(G)] for i in range(G)]
+                    assert win[n, :, :, 0].tolist() == torch.tensor(ref).tolist()
+                    n += 1
+    assert n == win.shape[0] and torch.equal(dilated_reverse(win, (G, G), I, (H, W)), x)
+    with pytest.raises(ValueError, match="not divisible"):
+        dilated_partition(x, (G, G), 5)
+
+
 def test_dpb_table_equals_mlp_of_each_offset():
     dpb = DynamicPosBias(num_heads=3, hidden_dim=8)
     _randomise(dpb)

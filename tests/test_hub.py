@@ -27,6 +27,7 @@ import visionattn
 from visionattn.models import _hub, _manifest
 from visionattn.models import agent as agent_mod
 from visionattn.models import biformer as biformer_mod
+from visionattn.models import crossformer as crossformer_mod
 from visionattn.models import cswin as cswin_mod
 from visionattn.models import davit as davit_mod
 from visionattn.models import maxvit as maxvit_mod
@@ -41,7 +42,9 @@ from _official_nat import OfficialIsotropic, OfficialNAT, randomize_
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILY_MODULES = dict(nat=nat_mod, biformer=biformer_mod, cswin=cswin_mod, maxvit=maxvit_mod, davit=davit_mod, agent=agent_mod)
+FAMILY_MODULES = dict(
+    nat=nat_mod, biformer=biformer_mod, cswin=cswin_mod, maxvit=maxvit_mod, davit=davit_mod, agent=agent_mod, crossformer=crossformer_mod
+)
 
 # small variants: ours as constructor kwargs, the official tree with the same shapes
 NAT_KW = dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2])
@@ -80,7 +83,7 @@ def test_every_registered_tag_has_an_entry_and_vice_versa():
     archs = {n.split(".", 1)[0] for n, _ in registered}
     assert archs == set(visionattn.list_models())  # every model has at least one entry
     counts = collections.Counter(f for _, f in entries)
-    assert counts == dict(nat=25, biformer=4, cswin=7, maxvit=21, davit=6, agent=18)
+    assert counts == dict(nat=25, biformer=4, cswin=7, maxvit=21, davit=6, agent=18, crossformer=8)
 
 
 def test_every_released_checkpoint_has_a_source_a_hub_id_and_reported_metrics():
@@ -91,6 +94,9 @@ def test_every_released_checkpoint_has_a_source_a_hub_id_and_reported_metrics():
         assert e["hub_id"], name
         if e["family"] in ("maxvit", "davit"):
             assert e["hub_id"].startswith("timm/"), name
+        elif e["family"] == "crossformer":  # Google Drive / BaiduCloud pages only: no direct download
+            assert e["hub_id"] == f"visionattn/{name}" and e["download_url"] is None, name
+            assert "no direct download" in e["notes"][0] and all("a page" in s["note"] for s in e["sources"]), name
         else:
             assert e["hub_id"] == f"visionattn/{name}" and e["download_url"] == e["official_urls"][0], name
         assert e["reported"]["resolution"] == timm.models.get_pretrained_cfg(name).input_size[-1]

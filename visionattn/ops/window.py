@@ -128,14 +128,20 @@ def dilated_partition(x: torch.Tensor, group: Size2, interval: int) -> torch.Ten
     """
     if interval < 1:
         raise ValueError(f"dilated_partition: interval must be >= 1, got {interval}")
-    region = (group[0] * interval, group[1] * interval)
-    return grid_partition(window_partition(x, region), group)
+    I = interval
+    _check(x, (group[0] * I, group[1] * I), "dilated_partition")
+    B, H, W, C = x.shape
+    # = grid_partition(window_partition(x, (G*I, G*I)), G) in one copy
+    x = x.view(B, H // (group[0] * I), group[0], I, W // (group[1] * I), group[1], I, C)
+    return x.permute(0, 1, 4, 3, 6, 2, 5, 7).reshape(-1, group[0], group[1], C)
 
 
 def dilated_reverse(windows: torch.Tensor, group: Size2, interval: int, size: Size2) -> torch.Tensor:
     """Inverse of :func:`dilated_partition` for a map of ``size = (H, W)``."""
-    region = (group[0] * interval, group[1] * interval)
-    return window_reverse(grid_reverse(windows, group, region), region, size)
+    H, W = size
+    I, C = interval, windows.shape[-1]
+    x = windows.view(-1, H // (group[0] * I), W // (group[1] * I), I, I, group[0], group[1], C)
+    return x.permute(0, 1, 5, 3, 2, 6, 4, 7).reshape(-1, H, W, C)
 
 
 def partition_multiple(size: Size2, mode: str, interval: int = 0) -> Size2:
