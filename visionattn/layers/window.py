@@ -303,14 +303,14 @@ class WindowAttention(nn.Module):
         S = self.shift_size
         if S[0] or S[1]:
             xp = torch.roll(xp, shifts=(-S[0], -S[1]), dims=(1, 2))
-        win = _partition(xp, P, self.partition)  # (B * nW, Ph, Pw, C)
+        win = _partition(xp, P, self.partition, 0)  # (B * nW, Ph, Pw, C); TorchScript needs every argument
         Bw, N = win.shape[0], P[0] * P[1]
         qkv = self.qkv(win).reshape(Bw, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B * nW, heads, N, head_dim)
         mask = _window_mask(self.window_bias(), q, H, W, Hp, Wp, P, S, self.partition, self.mask_padding, B)
         out = _attend(q, k, v, mask, self.scale, self.attn_drop if self.training else 0.0)
         out = out.transpose(1, 2).reshape(Bw, P[0], P[1], C)
-        out = _reverse(out, P, (Hp, Wp), self.partition)
+        out = _reverse(out, P, (Hp, Wp), self.partition, 0)
         if S[0] or S[1]:
             out = torch.roll(out, shifts=(S[0], S[1]), dims=(1, 2))
         out = crop_nhwc(out, H, W)
