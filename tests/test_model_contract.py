@@ -196,7 +196,7 @@ def test_too_small_input_raises(name):
 TRACE_MODELS = [
     "nat_mini", "dinat_mini", "dinat_s_tiny", "nat_isotropic_small", "vitrpb_small", "biformer_tiny",
     "maxvit_tiny", "cswin_tiny", "davit_tiny_va", "agent_pvt_tiny", "agent_deit_tiny", "agent_swin_tiny",
-    "agent_cswin_tiny",
+    "agent_cswin_tiny", "crossformer_tiny",
 ]
 TRACE_SIZE = (1, 3, 72, 88)
 
