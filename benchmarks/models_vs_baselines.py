@@ -19,7 +19,8 @@ Baselines:
   ``agent_transformer/models/agent_{deit,pvt,swin,cswin}.py``), ``InLine`` (LeapLabTHU/InLine
   ``models/inline_{deit,pvt,swin,cswin}.py``), ``davit`` (dingmyu/davit
   ``timm/models/davit.py``), ``VAN-Classification`` (Visual-Attention-Network/VAN-Classification
-  ``models/van.py``). They are imported by file with small shims for the old timm APIs
+  ``models/van.py``), ``CrossFormer`` (cheerss/CrossFormer ``models/crossformer.py``). They are imported by
+  file with small shims for the old timm APIs
   they expect (``register_model`` made a no-op so they do not overwrite this zoo's timm
   registrations; ``fairscale.nn.checkpoint.checkpoint_wrapper`` as identity; the old fork's
   ``.helpers/.layers/.registry/.vision_transformer`` for DaViT). Their ``einops`` dependency
@@ -242,6 +243,15 @@ def official_factories(official_dir: Path) -> Dict[str, Tuple[str, Factory]]:
         return lambda: m.van_b0(drop_path_rate=0.0)
 
     add("VAN", "official:Visual-Attention-Network/VAN-Classification van_b0", van)
+
+    def crossformer():
+        m = _import_from_repo(official_dir / "CrossFormer", "models.crossformer")
+        # configs/crossformer/tiny_patch4_group7_224.yaml over config.py's defaults
+        return lambda: m.CrossFormer(img_size=224, patch_size=[4, 8, 16, 32], embed_dim=64, depths=[1, 1, 8, 6],
+                                     num_heads=[2, 4, 8, 16], group_size=[7, 7, 7, 7], crs_interval=[8, 4, 2, 1],
+                                     mlp_ratio=[4.0] * 4, merge_size=[[2, 4]] * 3, use_acl=False, drop_path_rate=0.0)
+
+    add("CrossFormer", "official:cheerss/CrossFormer cros_tiny_patch4_group7_224", crossformer)
     return out
 
 
@@ -262,6 +272,7 @@ FAMILY_MODELS: Dict[str, Tuple[str, List[str]]] = {
     "InLine-PVT": ("inline_pvt_tiny", []),
     "InLine-DeiT": ("inline_deit_tiny", []),
     "InLine-CSwin": ("inline_cswin_tiny", []),
+    "CrossFormer": ("crossformer_tiny", []),
 }
 
 

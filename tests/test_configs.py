@@ -54,7 +54,7 @@ def _raw(name: str) -> dict:
 
 def test_every_registered_model_has_exactly_one_config():
     names = set(visionattn.list_models())
-    assert len(names) == 94  # 72 of the first six families, VAN 7, InLine 15
+    assert len(names) == 72 + 7 + 15 + 8  # the first six families, VAN, InLine, CrossFormer T/S/B/L + ++ S/B/L/H
     assert {p.stem for p in CONFIGS} == names
 
 

@@ -255,6 +255,7 @@ FAMILY_KWARGS = {
     "van_b0": dict(depths=(1, 1, 1, 1)),
     "inline_cswin_tiny": dict(depths=(1, 1, 1, 1)), "inline_deit_tiny": _PLAIN, "inline_pvt_tiny": dict(depths=(1, 1, 1, 1)),
     "inline_swin_tiny": dict(depths=(1, 1, 1, 1), inline_blocks=(1, 1, 1, 0)),
+    "crossformer_tiny": dict(depths=(1, 2, 1, 1)),
 }
 FAMILY_REPS = list(FAMILY_KWARGS)
 

@@ -29,6 +29,7 @@ from visionattn.models import agent as agent_mod
 from visionattn.models import van as van_mod
 from visionattn.models import inline as inline_mod
 from visionattn.models import biformer as biformer_mod
+from visionattn.models import crossformer as crossformer_mod
 from visionattn.models import cswin as cswin_mod
 from visionattn.models import davit as davit_mod
 from visionattn.models import maxvit as maxvit_mod
@@ -43,7 +44,10 @@ from _official_nat import OfficialIsotropic, OfficialNAT, randomize_
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILY_MODULES = dict(nat=nat_mod, biformer=biformer_mod, cswin=cswin_mod, maxvit=maxvit_mod, davit=davit_mod, agent=agent_mod, inline=inline_mod, van=van_mod)
+FAMILY_MODULES = dict(
+    nat=nat_mod, biformer=biformer_mod, cswin=cswin_mod, maxvit=maxvit_mod, davit=davit_mod, agent=agent_mod, inline=inline_mod,
+    van=van_mod, crossformer=crossformer_mod,
+)
 
 # small variants: ours as constructor kwargs, the official tree with the same shapes
 NAT_KW = dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2])
@@ -82,7 +86,7 @@ def test_every_registered_tag_has_an_entry_and_vice_versa():
     archs = {n.split(".", 1)[0] for n, _ in registered}
     assert archs == set(visionattn.list_models())  # every model has at least one entry
     counts = collections.Counter(f for _, f in entries)
-    assert counts == dict(nat=25, biformer=4, cswin=7, maxvit=21, davit=6, agent=18, inline=15, van=7)
+    assert counts == dict(nat=25, biformer=4, cswin=7, maxvit=21, davit=6, agent=18, inline=15, van=7, crossformer=8)
 
 
 def test_every_released_checkpoint_has_a_source_a_hub_id_and_reported_metrics():
@@ -95,6 +99,9 @@ def test_every_released_checkpoint_has_a_source_a_hub_id_and_reported_metrics():
         assert e["hub_id"], name
         if e["family"] in ("maxvit", "davit"):
             assert e["hub_id"].startswith("timm/"), name
+        elif e["family"] == "crossformer":  # Google Drive / BaiduCloud pages only: no direct download
+            assert e["hub_id"] == f"visionattn/{name}" and e["download_url"] is None, name
+            assert "no direct download" in e["notes"][0] and all("a page" in s["note"] for s in e["sources"]), name
         else:
             assert e["hub_id"] == f"visionattn/{name}" and e["download_url"] == e["official_urls"][0], name
         assert e["reported"]["resolution"] == timm.models.get_pretrained_cfg(name).input_size[-1]

@@ -217,6 +217,20 @@ def _maxvit_grid(dim, num_heads, grid_size=7, qkv_bias=True, rel_pos_bias=True, 
     return WindowAttention(dim, num_heads, grid_size, qkv_bias, proj_drop, "grid", rel_pos_bias, mask_padding, attn_drop)
 
 
+def _sda(dim, num_heads, group_size=7, qkv_bias=True, dynamic_pos_bias=True, mask_padding=True, attn_drop=0.0, proj_drop=0.0):
+    return WindowAttention(
+        dim, num_heads, group_size, qkv_bias, proj_drop, "block", rel_pos_bias=not dynamic_pos_bias, mask_padding=mask_padding,
+        attn_drop=attn_drop, dynamic_pos_bias=dynamic_pos_bias, fit_map=True,
+    )
+
+
+def _lda(dim, num_heads, group_size=7, interval=2, qkv_bias=True, dynamic_pos_bias=True, mask_padding=True, attn_drop=0.0, proj_drop=0.0):
+    return WindowAttention(
+        dim, num_heads, group_size, qkv_bias, proj_drop, "dilated", rel_pos_bias=not dynamic_pos_bias, mask_padding=mask_padding,
+        attn_drop=attn_drop, interval=interval, dynamic_pos_bias=dynamic_pos_bias, fit_map=True,
+    )
+
+
 def _cswin(dim, num_heads, stripe_width=7, full=False, qkv_bias=True, mask_padding=True, lepe_kernel=3, attn_drop=0.0, proj_drop=0.0):
     return CrossShapedWindowAttention(dim, num_heads, stripe_width, full, qkv_bias, attn_drop, proj_drop, mask_padding, lepe_kernel)
 
@@ -312,6 +326,24 @@ register_mixer(
     "maxvit_grid", _maxvit_grid, description="MaxViT grid attention: G x G windows of tokens spaced H/G apart (sparse global), padded keys masked (WindowAttention partition='grid')",
     kwargs={"grid_size": "grid G (7)", **_WIN_KW}, cost="4*N_p*C^2 + 2*N_p*G^2*C",
     paper="Tu et al., MaxViT: Multi-Axis Vision Transformer, ECCV 2022, Sec. 3.2 (google-research/maxvit)",
+)
+_LSDA_KW = {
+    "qkv_bias": "bias in qkv",
+    "dynamic_pos_bias": "CrossFormer's dynamic position bias, an MLP of width C//16 over relative offsets (True); False: a (heads, 2G-1, 2G-1) table",
+    "mask_padding": "mask the zero tokens padded onto maps not divisible by the group (G, or G*I for LDA)",
+    **_ADROP,
+}
+register_mixer(
+    "sda", _sda, description="CrossFormer short-distance attention: G x G groups of adjacent tokens with a dynamic position bias; a map no larger than G along a side is one group (WindowAttention partition='block', dynamic_pos_bias, fit_map)",
+    kwargs={"group_size": "group G (7)", **_LSDA_KW},
+    cost=f"{_LIN} + 2*N_p*G^2*C + (2G-1)^2*(2D + 2D^2 + D*heads) (DPB MLP, D = C//16)",
+    paper="Wang et al., CrossFormer, ICLR 2022, Sec. 3.2-3.3 (cheerss/CrossFormer)",
+)
+register_mixer(
+    "lda", _lda, description="CrossFormer long-distance attention: G x G groups of tokens spaced I apart within regions of G*I tokens, dynamic position bias (WindowAttention partition='dilated', dynamic_pos_bias, fit_map)",
+    kwargs={"group_size": "group G (7)", "interval": "interval I between a group's tokens (2)", **_LSDA_KW},
+    cost=f"{_LIN} + 2*N_p*G^2*C + (2G-1)^2*(2D + 2D^2 + D*heads) (DPB MLP, D = C//16)",
+    paper="Wang et al., CrossFormer, ICLR 2022, Sec. 3.2-3.3 (cheerss/CrossFormer)",
 )
 register_mixer(
     "cswin", _cswin, description="CSWin cross-shaped window attention: half the heads in vertical, half in horizontal stripes of width sw, LePE (CrossShapedWindowAttention)",

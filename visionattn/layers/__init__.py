@@ -3,11 +3,13 @@ from .agent import AgentAttention
 from .block import TransformerBlock
 from .channel import ChannelGroupAttention
 from .conv import (
+    ActivationCooling,
     ConvBNStem,
     ConvDownsampler,
     ConvLNStem,
     ConvPosEnc,
     ConvTokenizer,
+    CrossScaleEmbed,
     LNConvDownsample,
     MBConv,
     PatchEmbed,
@@ -17,7 +19,7 @@ from .cross_shaped import CrossShapedWindowAttention
 from .lka import LKA, BatchNormNHWC, DWConvMlp, LargeKernelAttention
 from .inline import InLineAttention
 from .neighborhood import NeighborhoodAttention2d
-from .pos import relative_position_bias, relative_position_index, resize_rel_pos_table
+from .pos import DynamicPosBias, relative_position_bias, relative_position_index, resize_rel_pos_table
 from .routing import AttentionLePE, BiLevelRoutingAttention
 from .window import WindowAttention
 
@@ -35,11 +37,14 @@ __all__ = [
     "DWConvMlp",
     "BatchNormNHWC",
     "TransformerBlock",
+    "ActivationCooling",
     "ConvBNStem",
     "ConvDownsampler",
     "ConvLNStem",
     "ConvPosEnc",
     "ConvTokenizer",
+    "CrossScaleEmbed",
+    "DynamicPosBias",
     "LNConvDownsample",
     "MBConv",
     "PatchEmbed",

@@ -16,6 +16,12 @@ All modules take NCHW images (stems) or NHWC tokens (downsamplers, blocks) and r
 * :class:`ConvPosEnc` / :class:`ConvLNStem` / :class:`LNConvDownsample`: DaViT's depthwise conv
   position encoding, 7x7 stride-4 conv + LN stem and LN + 2x2 stride-2 conv downsampler
   (Ding et al., ECCV 2022; github dingmyu/davit ``timm/models/davit.py``).
+* :class:`CrossScaleEmbed`: CrossFormer's cross-scale embedding layer (CEL; Wang et al., ICLR
+  2022, Sec. 3.1, Fig. 2a; github cheerss/CrossFormer ``models/crossformer.py`` ``PatchEmbed`` and
+  ``PatchMerging``): several convolutions of one stride and growing kernels, centred on the same
+  positions, concatenated along channels; the stem (LN after) and every downsampler (LN before).
+* :class:`ActivationCooling`: CrossFormer++'s activation cooling layer (ACL): 3x3 depthwise conv
+  then LayerNorm, no residual.
 """
 from __future__ import annotations
 
@@ -32,7 +38,10 @@ from ..ops._trace import pad_nchw, pad_nhwc
 torch.fx.wrap("pad_nchw")  # shape-dependent padding stays a leaf of FX graphs (see ops/_trace.py)
 torch.fx.wrap("pad_nhwc")
 
-__all__ = ["ConvTokenizer", "ConvDownsampler", "PatchEmbed", "PatchMerging", "ConvPosEnc", "MBConv", "ConvBNStem", "ConvLNStem", "LNConvDownsample"]
+__all__ = [
+    "ConvTokenizer", "ConvDownsampler", "PatchEmbed", "PatchMerging", "ConvPosEnc", "MBConv", "ConvBNStem", "ConvLNStem", "LNConvDownsample",
+    "CrossScaleEmbed", "ActivationCooling",
+]
 
 
 class ConvTokenizer(nn.Module):
@@ -265,3 +274,78 @@ class LNConvDownsample(nn.Module):
         if self.even_k:
             x = pad_nchw(x, self.conv.kernel_size[0], self.conv.kernel_size[0])
         return self.conv(x).permute(0, 2, 3, 1)
+
+
+def cross_scale_dims(dim: int, n: int):
+    """Output channels of the ``n`` kernels of a cross-scale embedding of ``dim`` channels: halves
+    from the smallest kernel on, the last two equal (CrossFormer Sec. 3.1: ``[dim/2, dim/4, ...,
+    dim/2^(n-1), dim/2^(n-1)]``; one kernel: ``[dim]``)."""
+    return [dim // 2 ** (i + 1) for i in range(n - 1)] + [dim // 2 ** (n - 1)]
+
+
+class CrossScaleEmbed(nn.Module):
+    """Cross-scale embedding layer (CEL): concatenated convolutions of several kernel sizes.
+
+    Every conv has stride ``stride`` and padding ``(k - stride) // 2``, so all sample the same
+    positions; their outputs (:func:`cross_scale_dims` channels, smallest kernel first) are
+    concatenated. ``position='stem'``: NCHW images in, LayerNorm after (CrossFormer
+    ``PatchEmbed``, kernels 4/8/16/32, stride 4); ``position='downsample'``: NHWC tokens in,
+    LayerNorm over the input before the convs (``PatchMerging``, kernels 2/4, stride 2). Source:
+    Wang et al., ICLR 2022, Sec. 3.1; github cheerss/CrossFormer ``models/crossformer.py``.
+
+    Keys ``convs.{i}`` and ``norm``. Any size: the input (after the downsampler's norm) is
+    zero-padded bottom/right to a multiple of ``stride`` first, so every conv gives
+    ``ceil(H / stride)`` (the official code only runs multiples: its images are padded to 32 for
+    detection, and its merging asserts even maps); at multiples nothing changes.
+
+    Args:
+        in_chans: input channels; dim: output channels (the sum of the convs').
+        kernel_sizes: kernel of each conv (each ``>= stride``, ``k - stride`` even).
+        stride: the common stride; position: ``'stem'`` or ``'downsample'``.
+
+    Shapes: ``(B, in_chans, H, W)`` (stem) or ``(B, H, W, in_chans)`` (downsample) ->
+    ``(B, ceil(H / stride), ceil(W / stride), dim)``.
+
+    Raises:
+        ValueError: an unknown ``position``; a kernel smaller than the stride or with odd ``k - stride``.
+    """
+
+    def __init__(self, in_chans: int, dim: int, kernel_sizes=(4, 8, 16, 32), stride: int = 4, position: str = "stem",
+                 norm_layer: Callable[[int], nn.Module] = nn.LayerNorm):
+        super().__init__()
+        if position not in ("stem", "downsample"):
+            raise ValueError(f"CrossScaleEmbed: position must be 'stem' or 'downsample', got {position!r}")
+        for k in kernel_sizes:
+            if k < stride or (k - stride) % 2:
+                raise ValueError(f"CrossScaleEmbed: kernel {k} does not fit stride {stride} (need k >= stride, k - stride even)")
+        self.stem = position == "stem"
+        self.stride = stride
+        dims = cross_scale_dims(dim, len(kernel_sizes))
+        self.convs = nn.ModuleList(nn.Conv2d(in_chans, d, k, stride=stride, padding=(k - stride) // 2) for d, k in zip(dims, kernel_sizes))
+        self.norm = norm_layer(dim if self.stem else in_chans)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.stem:
+            x = self.norm(x).permute(0, 3, 1, 2)
+        x = pad_nchw(x, self.stride, self.stride)
+        x = torch.cat([conv(x) for conv in self.convs], dim=1).permute(0, 2, 3, 1)
+        return self.norm(x) if self.stem else x
+
+
+class ActivationCooling(nn.Module):
+    """Activation cooling layer (ACL) of CrossFormer++: ``x = LN(dwconv3x3(x))``, no residual.
+
+    It rescales the residual stream, whose activations otherwise grow with depth (Wang et al.,
+    CrossFormer++, TPAMI 2023; github cheerss/CrossFormer ``models/crossformer.py``
+    ``CrossFormerBlock`` ``ex_conv`` / ``ex_ln``). Keys ``conv``, ``norm``.
+
+    Shapes: NHWC ``(B, H, W, dim) -> (B, H, W, dim)``.
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 3, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.norm = norm_layer(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))

@@ -10,6 +10,9 @@ One mixer, three partitions (``partition=``):
   (Tu et al., ECCV 2022, Sec. 3.2) and DaViT spatial window attention (Ding et al., ECCV 2022,
   Sec. 3.1; github dingmyu/davit ``WindowAttention``).
 * ``'grid'``: ``G x G`` windows of tokens spaced ``H/G`` apart: MaxViT grid attention (Sec. 3.2).
+* ``'dilated'``: ``G x G`` windows of tokens spaced ``interval`` apart, inside regions of
+  ``G*interval`` tokens: CrossFormer long-distance attention (LDA; Wang et al., ICLR 2022,
+  Sec. 3.2); ``'block'`` is its short-distance attention (SDA).
 
 Projections: fused ``qkv = Linear(C, 3C)`` whose rows are ``[q | k | v]``, each ``(heads, head_dim)``
 (the TF MaxViT port's ``head_first=False`` layout, timm ``AttentionCl``; DaViT's layout), scale
@@ -22,7 +25,16 @@ query ``(i, j)`` and key ``(r, c)`` of a window get ``rpb[h, r - i + P - 1, c - 
 builds the same ``(heads, P^2, P^2)`` matrix with one-hot einsums; here it is a gather through a
 precomputed index. For grid windows the offsets are between grid slots (tokens ``H/G`` apart).
 
-Any map size (block/grid): the map is zero-padded bottom/right to a multiple of ``P`` (after the
+Dynamic position bias (``dynamic_pos_bias=True``, CrossFormer's DPB, Sec. 3.3): instead of a
+table, :class:`~visionattn.layers.pos.DynamicPosBias` (an MLP over relative offsets, keys
+``dpb.*``) gives the bias of whatever window size the map ends up with; ``fit_map=True`` makes a
+map no larger than one window along a side (``H <= P_h`` or ``W <= P_w``) a single window of the
+whole map (CrossFormer's rule: official classification code at square sizes, and its detection
+backbone ``crossformer_backbone_det.py`` at any size). With either option, and for ``'dilated'``,
+``qkv`` is applied before padding when padded keys are masked (their projections never matter;
+the official code projects the zero padding too, with the same result).
+
+Any map size (block/grid/dilated): the map is zero-padded bottom/right to a multiple of ``P`` (after the
 pre-norm, before ``qkv``), partitioned, attended, reversed and cropped back. With
 ``mask_padding=True`` (our MaxViT; upstream MaxViT only accepts multiples of the window) padded
 keys are masked out, so real tokens never attend to padding and a map smaller than one window
@@ -39,8 +51,8 @@ from torch import nn
 from timm.layers import register_notrace_function, trunc_normal_, to_2tuple
 
 from ..ops._trace import crop_nhwc, pad_nhwc, script_ignore
-from ..ops.window import padding_mask, partition as _partition, reverse as _reverse, shift_region_mask
-from .pos import relative_position_bias, relative_position_index
+from ..ops.window import padding_mask, partition as _partition, partition_multiple, reverse as _reverse, shift_region_mask
+from .pos import DynamicPosBias, relative_position_bias, relative_position_index
 
 __all__ = ["WindowAttention"]
 
@@ -108,6 +120,54 @@ def _window_mask(
     return mask
 
 
+def _group_layout(H: int, W: int, size: Tuple[int, int], mode: str, interval: int, fit_map: bool):
+    """``(group, mode, interval)`` of :meth:`WindowAttention._forward_groups` on an ``H x W`` map:
+    the configured ones, or the whole map as one block window when ``fit_map`` and the map is no
+    larger than the window along a side."""
+    if fit_map and (H <= size[0] or W <= size[1]):
+        return (H, W), "block", 0
+    return (size[0], size[1]), mode, interval
+
+
+@script_ignore()
+@register_notrace_function  # a leaf of FX graphs: padding and the layout depend on the map size
+def _group_windows(x: torch.Tensor, H: int, W: int, size: Tuple[int, int], mode: str, interval: int, fit_map: bool) -> torch.Tensor:
+    """Pad ``x`` ``(B, H, W, C')`` bottom/right and partition it: ``(B * nW, gh, gw, C')``."""
+    group, mode, interval = _group_layout(H, W, size, mode, interval, fit_map)
+    m = partition_multiple(group, mode, interval)
+    return _partition(pad_nhwc(x, m[0], m[1]), group, mode, interval)
+
+
+@script_ignore()
+@register_notrace_function
+def _group_reverse(win: torch.Tensor, H: int, W: int, size: Tuple[int, int], mode: str, interval: int, fit_map: bool) -> torch.Tensor:
+    """Inverse of :func:`_group_windows`, cropped back: ``(B * nW, gh, gw, C) -> (B, H, W, C)``."""
+    group, mode, interval = _group_layout(H, W, size, mode, interval, fit_map)
+    m = partition_multiple(group, mode, interval)
+    Hp, Wp = H + (m[0] - H % m[0]) % m[0], W + (m[1] - W % m[1]) % m[1]
+    return crop_nhwc(_reverse(win, group, (Hp, Wp), mode, interval), H, W)
+
+
+@script_ignore()
+@register_notrace_function
+def _group_mask(
+    bias: Optional[torch.Tensor], like: torch.Tensor, H: int, W: int, size: Tuple[int, int], mode: str, interval: int,
+    fit_map: bool, mask_padding: bool, batch: int,
+) -> Optional[torch.Tensor]:
+    """Bias ``(1, heads, N, N)`` plus the padded-key mask ``(nW, 1, 1, N)`` of :func:`_group_windows`
+    (repeated over the batch, windows in partition order); None when neither applies."""
+    group, mode, interval = _group_layout(H, W, size, mode, interval, fit_map)
+    m = partition_multiple(group, mode, interval)
+    ph, pw = (m[0] - H % m[0]) % m[0], (m[1] - W % m[1]) % m[1]
+    mask = bias.to(like.dtype).unsqueeze(0) if bias is not None else None
+    if (ph or pw) and mask_padding:
+        pad = padding_mask(H, W, ph, pw, group, mode, device=like.device, interval=interval)  # (nW, N)
+        pad = torch.zeros(pad.shape, dtype=like.dtype, device=like.device).masked_fill_(pad, _MASK_VALUE)[:, None, None, :]
+        mask = pad if mask is None else mask + pad
+        mask = mask.repeat(batch, 1, 1, 1)
+    return mask
+
+
 # leaves of FX graphs (see ops/_trace.py)
 torch.fx.wrap("pad_nhwc")
 torch.fx.wrap("crop_nhwc")
@@ -115,19 +175,27 @@ torch.fx.wrap("_partition")
 torch.fx.wrap("relative_position_bias")
 torch.fx.wrap("_attend")
 torch.fx.wrap("_window_mask")
+torch.fx.wrap("_group_windows")
+torch.fx.wrap("_group_reverse")
+torch.fx.wrap("_group_mask")
 
 
 class WindowAttention(nn.Module):
-    """Window self-attention on NHWC tokens (global, block or grid partition).
+    """Window self-attention on NHWC tokens (global, block, grid or dilated partition).
 
     Args:
         dim: channels ``C``; num_heads: heads (``C`` divisible by it).
         window_size: ``(P_h, P_w)`` (or an int): the window (``'block'``), grid (``'grid'``) or
             table extent (``'global'``).
         qkv_bias: bias in ``qkv``; proj_drop: dropout after ``proj``; attn_drop: attention dropout.
-        partition: ``'global'``, ``'block'`` or ``'grid'`` (see the module docstring).
+        partition: ``'global'``, ``'block'``, ``'grid'`` or ``'dilated'`` (see the module docstring).
         rel_pos_bias: learn the relative position table ``rpb``.
-        mask_padding: mask padded keys (block/grid partitions on maps not divisible by the window).
+        mask_padding: mask padded keys (block/grid/dilated partitions on maps not divisible by the window).
+        interval: the dilation ``I`` of ``'dilated'`` (CrossFormer LDA); ignored otherwise.
+        dynamic_pos_bias: the bias comes from a :class:`~visionattn.layers.pos.DynamicPosBias`
+            (``dpb``, width ``dpb_dim``) instead of a table (needs ``rel_pos_bias=False``).
+        dpb_dim: width of the DPB's MLP (default ``max(dim // 16, 1)``, CrossFormer's).
+        fit_map: a map with ``H <= P_h`` or ``W <= P_w`` is one window of the whole map.
         shift_size: Swin's cyclic shift (SW-MSA, Liu et al. ICCV 2021, Sec. 3.2), ``'block'`` only:
             the (padded) map is rolled by ``-shift`` before partitioning and back afterwards;
             tokens from non-adjacent regions are masked with Swin's ``-100`` (default 0: no shift).
@@ -135,7 +203,8 @@ class WindowAttention(nn.Module):
     Shapes: ``(B, H, W, C) -> (B, H, W, C)``, any ``H, W >= 1``.
 
     Raises:
-        ValueError: ``dim`` not divisible by ``num_heads``; unknown ``partition``.
+        ValueError: ``dim`` not divisible by ``num_heads``; unknown ``partition``; ``'dilated'``
+            without ``interval >= 1``; both ``rel_pos_bias`` and ``dynamic_pos_bias``.
     """
 
     def __init__(
@@ -150,12 +219,20 @@ class WindowAttention(nn.Module):
         mask_padding: bool = True,
         attn_drop: float = 0.0,
         shift_size: Union[int, Tuple[int, int]] = 0,
+        interval: int = 0,
+        dynamic_pos_bias: bool = False,
+        dpb_dim: Optional[int] = None,
+        fit_map: bool = False,
     ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"WindowAttention: dim {dim} is not divisible by num_heads {num_heads}")
-        if partition not in ("global", "block", "grid"):
-            raise ValueError(f"WindowAttention: partition must be 'global', 'block' or 'grid', got {partition!r}")
+        if partition not in ("global", "block", "grid", "dilated"):
+            raise ValueError(f"WindowAttention: partition must be 'global', 'block', 'grid' or 'dilated', got {partition!r}")
+        if partition == "dilated" and interval < 1:
+            raise ValueError(f"WindowAttention: partition='dilated' needs interval >= 1, got {interval}")
+        if rel_pos_bias and dynamic_pos_bias:
+            raise ValueError("WindowAttention: rel_pos_bias (a table) and dynamic_pos_bias (an MLP) are alternatives; pass rel_pos_bias=False")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
@@ -164,14 +241,19 @@ class WindowAttention(nn.Module):
         self.mask_padding = mask_padding
         self.attn_drop = attn_drop
         self.shift_size = tuple(to_2tuple(shift_size))
-        if any(self.shift_size) and partition != "block":
-            raise ValueError(f"WindowAttention: shift_size needs partition='block', got {partition!r}")
+        self.interval = int(interval) if partition == "dilated" else 0
+        self.fit_map = fit_map
+        # the general path (any group size, dilated groups): also for a DPB, whose size follows the map
+        self._groups = partition == "dilated" or dynamic_pos_bias or fit_map
+        if any(self.shift_size) and (partition != "block" or self._groups):
+            raise ValueError(f"WindowAttention: shift_size needs partition='block' (without dpb / fit_map), got {partition!r}")
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         if rel_pos_bias:
             self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * self.window_size[0] - 1, 2 * self.window_size[1] - 1))
             trunc_normal_(self.rpb, std=0.02)
         else:
             self.register_parameter("rpb", None)
+        self.dpb = DynamicPosBias(num_heads, dpb_dim or max(dim // 16, 1)) if dynamic_pos_bias else None
         if partition != "global" and rel_pos_bias:
             # flat index into rpb.flatten(1) for the fixed window: (P^2, P^2); derived, not saved
             index = relative_position_index(*self.window_size).to(self.rpb.device)  # the default (or meta) device
@@ -187,13 +269,19 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.partition == "global":
             return self._forward_global(x)
+        if self._groups:
+            return self._forward_groups(x)
         return self._forward_windows(x)
 
     def _forward_global(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        bias = relative_position_bias(self.rpb, H, W).to(q.dtype).unsqueeze(0) if self.rpb is not None else None
+        bias = None
+        if self.rpb is not None:
+            bias = relative_position_bias(self.rpb, H, W).to(q.dtype).unsqueeze(0)
+        elif self.dpb is not None:
+            bias = self.dpb(H, W).to(q.dtype).unsqueeze(0)
         x = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
         )
@@ -215,14 +303,14 @@ class WindowAttention(nn.Module):
         S = self.shift_size
         if S[0] or S[1]:
             xp = torch.roll(xp, shifts=(-S[0], -S[1]), dims=(1, 2))
-        win = _partition(xp, P, self.partition)  # (B * nW, Ph, Pw, C)
+        win = _partition(xp, P, self.partition, 0)  # (B * nW, Ph, Pw, C); TorchScript needs every argument
         Bw, N = win.shape[0], P[0] * P[1]
         qkv = self.qkv(win).reshape(Bw, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B * nW, heads, N, head_dim)
         mask = _window_mask(self.window_bias(), q, H, W, Hp, Wp, P, S, self.partition, self.mask_padding, B)
         out = _attend(q, k, v, mask, self.scale, self.attn_drop if self.training else 0.0)
         out = out.transpose(1, 2).reshape(Bw, P[0], P[1], C)
-        out = _reverse(out, P, (Hp, Wp), self.partition)
+        out = _reverse(out, P, (Hp, Wp), self.partition, 0)
         if S[0] or S[1]:
             out = torch.roll(out, shifts=(S[0], S[1]), dims=(1, 2))
         out = crop_nhwc(out, H, W)
@@ -242,7 +330,15 @@ class WindowAttention(nn.Module):
             N, N), "pos": (nW, N), "size": (H, W), "partition", "window", "shift"}`` where window
             ``w`` slot ``s`` holds token ``pos[w, s]`` (row-major index into the ``H x W`` map, -1 for
             a padded slot), windows in the partition's order (after Swin's roll when shifted).
+
+        Raises:
+            NotImplementedError: for CrossFormer's group windows (dynamic position bias, dilated
+                partition or ``fit_map``), whose explicit-softmax path is not written yet.
         """
+        if self._groups:
+            raise NotImplementedError(
+                "attention capture does not cover CrossFormer's group windows (dynamic position bias / dilated "
+                "partition) yet; the effective receptive field and Grad-CAM work for every model")
         B, H, W, C = x.shape
         if self.partition == "global":
             q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -276,3 +372,24 @@ class WindowAttention(nn.Module):
         record = {"kind": "windows", "attn": attn.view(B, -1, self.num_heads, N, N), "pos": pos, "size": (H, W),
                   "partition": self.partition, "window": P, "shift": S}
         return self.proj_drop(self.proj(out)), record
+    def _forward_groups(self, x: torch.Tensor) -> torch.Tensor:
+        """Block / grid / dilated windows of a size that may follow the map (DPB, ``fit_map``)."""
+        B, H, W, C = x.shape
+        P = self.window_size
+        if self.mask_padding:  # padded keys are masked: project before padding (fewer tokens)
+            win = _group_windows(self.qkv(x), H, W, P, self.partition, self.interval, self.fit_map)
+        else:  # unmasked padding takes part as the official code has it: project the padded map
+            win = self.qkv(_group_windows(x, H, W, P, self.partition, self.interval, self.fit_map))
+        Bw, gh, gw = win.shape[0], win.shape[1], win.shape[2]
+        qkv = win.reshape(Bw, gh * gw, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B * nW, heads, N, head_dim)
+        bias: Optional[torch.Tensor] = None
+        if self.dpb is not None:
+            bias = self.dpb(gh, gw)
+        elif self.rpb is not None:
+            bias = relative_position_bias(self.rpb, gh, gw)
+        mask = _group_mask(bias, q, H, W, P, self.partition, self.interval, self.fit_map, self.mask_padding, B)
+        out = _attend(q, k, v, mask, self.scale, self.attn_drop if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(Bw, gh, gw, C)
+        out = _group_reverse(out, H, W, P, self.partition, self.interval, self.fit_map)
+        return self.proj_drop(self.proj(out))

@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 HUB_ORG = "visionattn"
-FAMILIES = ("nat", "biformer", "cswin", "maxvit", "davit", "agent", "inline", "van")
+FAMILIES = ("nat", "biformer", "cswin", "maxvit", "davit", "agent", "inline", "van", "crossformer")
 _MANIFEST_FILE = "pretrained.yaml"
 
 _ENTRY_FIELDS = {

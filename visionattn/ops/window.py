@@ -8,8 +8,14 @@
   offset ``(a, b)`` of every cell, i.e. ``Gh x Gw`` tokens spaced ``H/Gh`` and ``W/Gw`` apart.
   (github google-research/maxvit ``maxvit/models/maxvit.py`` ``grid_partition``; timm
   ``models/maxxvit.py`` ``grid_partition``.)
+* Dilated partition (CrossFormer "long distance attention", Wang et al., ICLR 2022, Sec. 3.2,
+  Fig. 2b; github cheerss/CrossFormer ``models/crossformer.py`` ``CrossFormerBlock``, LDA branch):
+  a grid partition with a fixed interval ``I`` instead of one spanning the map: the map is cut
+  into regions of ``(Gh*I) x (Gw*I)`` adjacent tokens (:func:`window_partition`) and each region
+  is grid-partitioned into ``I x I`` windows of ``Gh x Gw`` tokens spaced ``I`` apart. A map of
+  exactly one region is MaxViT's grid partition.
 
-Both partitions require ``H, W`` to be multiples of the window/grid size; :func:`pad_to_multiple`
+The partitions require ``H, W`` to be multiples of the window/grid size (dilated: of ``G * I``); :func:`pad_to_multiple`
 zero-pads bottom/right first and :func:`padding_mask` tells which window slots are padding.
 All functions are pure tensor reshapes (no parameters) and raise ``ValueError`` on bad sizes.
 """
@@ -29,6 +35,9 @@ __all__ = [
     "window_reverse",
     "grid_partition",
     "grid_reverse",
+    "dilated_partition",
+    "dilated_reverse",
+    "partition_multiple",
     "partition",
     "reverse",
     "padding_mask",
@@ -108,35 +117,75 @@ def grid_reverse(windows: torch.Tensor, grid: Size2, size: Size2) -> torch.Tenso
     return x.permute(0, 3, 1, 4, 2, 5).reshape(-1, H, W, C)
 
 
+def dilated_partition(x: torch.Tensor, group: Size2, interval: int) -> torch.Tensor:
+    """``(B, H, W, C) -> (B * nR * I * I, Gh, Gw, C)``: CrossFormer's long-distance groups.
+
+    Window ``(r, a, b)`` (region ``r`` of ``(Gh*I) x (Gw*I)`` tokens, row-major; offset ``(a, b)``,
+    ``a, b < I``) holds the region's tokens ``(i * I + a, j * I + b)`` for ``i < Gh, j < Gw``.
+
+    Raises:
+        ValueError: ``interval < 1``; ``H`` or ``W`` not divisible by ``G * I``.
+    """
+    if interval < 1:
+        raise ValueError(f"dilated_partition: interval must be >= 1, got {interval}")
+    I = interval
+    _check(x, (group[0] * I, group[1] * I), "dilated_partition")
+    B, H, W, C = x.shape
+    # = grid_partition(window_partition(x, (G*I, G*I)), G) in one copy
+    x = x.view(B, H // (group[0] * I), group[0], I, W // (group[1] * I), group[1], I, C)
+    return x.permute(0, 1, 4, 3, 6, 2, 5, 7).reshape(-1, group[0], group[1], C)
+
+
+def dilated_reverse(windows: torch.Tensor, group: Size2, interval: int, size: Size2) -> torch.Tensor:
+    """Inverse of :func:`dilated_partition` for a map of ``size = (H, W)``."""
+    H, W = size
+    I, C = interval, windows.shape[-1]
+    x = windows.view(-1, H // (group[0] * I), W // (group[1] * I), I, I, group[0], group[1], C)
+    return x.permute(0, 1, 5, 3, 2, 6, 4, 7).reshape(-1, H, W, C)
+
+
+def partition_multiple(size: Size2, mode: str, interval: int = 0) -> Size2:
+    """What ``H, W`` must be multiples of for :func:`partition` (``G * I`` for ``'dilated'``)."""
+    if mode == "dilated":
+        return (size[0] * interval, size[1] * interval)
+    return (size[0], size[1])
+
+
 @script_ignore()  # TorchScript calls it through Python (size checks with formatted errors)
 @register_notrace_function  # a leaf of FX graphs: it checks the map size
-def partition(x: torch.Tensor, size: Size2, mode: str) -> torch.Tensor:
-    """:func:`window_partition` (``mode='block'``) or :func:`grid_partition` (``mode='grid'``)."""
+def partition(x: torch.Tensor, size: Size2, mode: str, interval: int = 0) -> torch.Tensor:
+    """:func:`window_partition` (``mode='block'``), :func:`grid_partition` (``mode='grid'``) or
+    :func:`dilated_partition` (``mode='dilated'``, with ``interval``)."""
     if mode == "block":
         return window_partition(x, size)
     if mode == "grid":
         return grid_partition(x, size)
-    raise ValueError(f"partition: mode must be 'block' or 'grid', got {mode!r}")
+    if mode == "dilated":
+        return dilated_partition(x, size, interval)
+    raise ValueError(f"partition: mode must be 'block', 'grid' or 'dilated', got {mode!r}")
 
 
 @script_ignore()
-def reverse(windows: torch.Tensor, size: Size2, map_size: Size2, mode: str) -> torch.Tensor:
+def reverse(windows: torch.Tensor, size: Size2, map_size: Size2, mode: str, interval: int = 0) -> torch.Tensor:
     """Inverse of :func:`partition` for a map of ``map_size = (H, W)``."""
     if mode == "block":
         return window_reverse(windows, size, map_size)
     if mode == "grid":
         return grid_reverse(windows, size, map_size)
-    raise ValueError(f"reverse: mode must be 'block' or 'grid', got {mode!r}")
+    if mode == "dilated":
+        return dilated_reverse(windows, size, interval, map_size)
+    raise ValueError(f"reverse: mode must be 'block', 'grid' or 'dilated', got {mode!r}")
 
 
 def padding_mask(
-    H: int, W: int, pad_h: int, pad_w: int, size: Size2, mode: str, device=None, shift: Size2 = (0, 0)
+    H: int, W: int, pad_h: int, pad_w: int, size: Size2, mode: str, device=None, shift: Size2 = (0, 0), interval: int = 0
 ) -> torch.Tensor:
     """Which slots of each window are padding, for a map padded by :func:`pad_to_multiple`.
 
     Args:
         H, W: the unpadded map size; pad_h, pad_w: the padding added bottom/right.
-        size: window (block) or grid size; mode: ``'block'`` or ``'grid'``.
+        size: window (block) or grid size; mode: ``'block'``, ``'grid'`` or ``'dilated'``
+            (then ``interval`` is the dilation ``I``).
         shift: cyclic shift ``(sh, sw)`` applied to the padded map before partitioning
             (``torch.roll(x, (-sh, -sw), (1, 2))``, Swin's SW-MSA); default none.
 
@@ -148,7 +197,7 @@ def padding_mask(
     valid[:, :H, :W] = True
     if shift[0] or shift[1]:
         valid = torch.roll(valid, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-    return ~partition(valid, size, mode).flatten(1)
+    return ~partition(valid, size, mode, interval).flatten(1)
 
 
 def shift_region_mask(Hp: int, Wp: int, window: Size2, shift: Size2, device=None) -> torch.Tensor:

@@ -126,6 +126,10 @@ PAPER_GMACS: Dict[str, Tuple[float, str]] = {
         "inline_swin_small": 8.7, "inline_swin_base": 15.4, "inline_cswin_tiny": 4.3, "inline_cswin_small": 6.8,
         "inline_cswin_base": 14.9,
     }.items()},
+    **{k: (v, "CrossFormer README") for k, v in {
+        "crossformer_tiny": 2.9, "crossformer_small": 4.9, "crossformer_base": 9.2, "crossformer_large": 16.1,
+        "crossformerpp_small": 4.9, "crossformerpp_base": 9.5, "crossformerpp_large": 16.6, "crossformerpp_huge": 21.8,
+    }.items()},
     **{k: (v, "MaxViT README") for k, v in {
         "maxvit_tiny": 5.6, "maxvit_tiny_384": 17.7, "maxvit_tiny_512": 33.7,
         "maxvit_small": 11.7, "maxvit_small_384": 36.1, "maxvit_small_512": 67.6,
@@ -157,6 +161,7 @@ FAMILIES: Tuple[Tuple[str, str], ...] = (
     ("inline_cswin", "InLine-CSwin"), ("biformer", "BiFormer"), ("cswin", "CSWin"), ("davit", "DaViT"),
     ("nat_isotropic", "NAT-iso"), ("dinat_isotropic", "NAT-iso"), ("vitrpb", "NAT-iso"),
     ("dinat_s_", "DiNAT-s"), ("dinat", "DiNAT"), ("nat", "NAT"), ("maxvit", "MaxViT"), ("van_", "VAN"),
+    ("crossformerpp", "CrossFormer++"), ("crossformer", "CrossFormer"),
 )
 
 PRECISIONS = ("float32", "amp", "amp_float16", "amp_bfloat16", "float16", "bfloat16")
