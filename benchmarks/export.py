@@ -36,6 +36,7 @@ import fnmatch
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -62,15 +63,40 @@ def model_list(patterns: Optional[List[str]], mixernet: bool) -> List[str]:
     names = visionattn.list_models() + (visionattn.list_mixer_models() if mixernet else [])
     if patterns:
         names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
+    # Official parameter counts (millions) of the paper models, as tests/test_model_contract.py
+    # checks them; the others are counted on the meta device.
+    known = json.loads((ROOT / "tests" / "data" / "param_counts.json").read_text())
     sizes = {}
     for n in names:
+        if n in known and not n.startswith("_"):
+            sizes[n] = known[n][0] * 1e6
+            continue
         with torch.device("meta"):
             sizes[n] = sum(p.numel() for p in timm.create_model(n).parameters())
     return sorted(names, key=lambda n: (sizes[n], n)), sizes
 
 
+def brief_note(note: str) -> str:
+    """A table-sized version of the tool's reason for a fixed height/width (the CSV keeps it whole)."""
+    if not note or note.startswith("fixed H/W as"):
+        return note or ""
+    if "non-nested SymInt" in note:
+        return "fixed H/W: a plan cached per map size (lru_cache keyed by the size)"
+    m = re.search(r"\(\((\d+) \+ \(-1\)\*\(L\['x'\]\.size\(\)\[2\] % \1\)\) % \1\) <= 0", note)
+    if m:
+        return f"fixed H/W: padding to a multiple of {m.group(1)} is a Python branch (guard H % {m.group(1)} == 0)"
+    if "Cannot create Dim with inconsistent" in note:
+        return "fixed H/W: guards contradict each other (size-dependent region/padding branches)"
+    guards = re.findall(r"satisfy the generated guard (.+?)(?: - Not all| Suggested|$)", note)
+    if guards:
+        return "fixed H/W: guard " + guards[0].replace("L['x'].size()[2]", "H").replace("L['x'].size()[3]", "W")[:120]
+    return note[:150]
+
+
 def _cell(col: str, v) -> str:
-    """Markdown cell: differences in scientific notation, everything else as written in the CSV."""
+    """Markdown cell: differences in scientific notation, notes shortened, the rest as in the CSV."""
+    if col == "note":
+        return brief_note(str(v)).replace("|", "/")
     if col.startswith("diff_"):
         try:
             return f"{float(v):.1e}"
@@ -149,6 +175,14 @@ def write_md(path: Path, rows: List[Dict], pending: List[str], command: str, hea
     os.replace(tmp, path)
 
 
+def read_command(md_path: Path) -> str:
+    """The command recorded in an existing ``OUT.md`` (the line after the opening bash fence)."""
+    if not md_path.exists():
+        return ""
+    lines = md_path.read_text().splitlines()
+    return lines[lines.index("```bash") + 1] if "```bash" in lines else ""
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="*", help="name patterns (default: every registered paper model)")
@@ -159,6 +193,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "export"))
     p.add_argument("--workdir", help="folder of the .onnx files (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the .onnx files")
+    p.add_argument("--md-only", action="store_true", help="rewrite OUT.md from OUT.csv (keeping its command) and stop")
     p.add_argument("--no-family-shortcut", action="store_true",
                    help="try dynamic height/width for every model, not only for the first of each family")
     args = p.parse_args(argv)
@@ -188,6 +223,10 @@ def main(argv=None) -> int:
         have = {r["model"] for r in rows}
         return [n for n in names if n not in have]
 
+    if args.md_only:
+        command = rows and read_command(md_path) or command
+        write_md(md_path, rows, pending(), command, header)
+        return 0
     write_md(md_path, rows, pending(), command, header)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     from visionattn.tools.benchmark import family_of

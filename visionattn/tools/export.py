@@ -127,9 +127,10 @@ def build_model(name: str, *, pretrained: Any = None, checkpoint: Optional[os.Pa
                 model_kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
     """The eval-mode model to export, built with :func:`visionattn.engine.model.create_model`.
 
-    ``img_size`` (``(H, W)``) is passed to the constructors that take one (fixed-resolution
-    models resize their tables; the others run at any size). ``features_only`` builds timm's
-    feature extractor with ``out_indices``. Raises :class:`UsageError` for an unknown model or
+    A square ``img_size`` (``(H, W)``) is passed to the constructors that take one
+    (fixed-resolution models size their tables from it; the others run at any size); a
+    non-square one is not (the model is built for its default size and runs at ``H x W``).
+    ``features_only`` builds timm's feature extractor with ``out_indices``. Raises :class:`UsageError` for an unknown model or
     arguments its constructor refuses.
     """
     msg = unknown_model_message(name)
@@ -140,9 +141,10 @@ def build_model(name: str, *, pretrained: Any = None, checkpoint: Optional[os.Pa
         extra["features_only"] = True
         if out_indices is not None:
             extra["out_indices"] = tuple(out_indices)
-    size = None
-    if img_size is not None:
-        size = img_size[0] if img_size[0] == img_size[1] else tuple(img_size)
+    # A square size goes to the constructor (the fixed-resolution models size their tables from
+    # it; several constructors take an int only); a non-square one does not: the model is built
+    # for its default size, and every model of the zoo runs at any size.
+    size = img_size[0] if img_size is not None and img_size[0] == img_size[1] else None
     try:
         model = create_model(name, num_classes, model_kwargs, img_size=size, pretrained=pretrained,
                              pretrained_path=checkpoint, **extra)
