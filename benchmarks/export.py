@@ -77,9 +77,17 @@ def model_list(patterns: Optional[List[str]], mixernet: bool) -> List[str]:
 
 
 def brief_note(note: str) -> str:
-    """A table-sized version of the tool's reason for a fixed height/width (the CSV keeps it whole)."""
-    if not note or note.startswith("fixed H/W as"):
-        return note or ""
+    """A table-sized version of the tool's reasons (fixed height/width, TorchScript fallback;
+    parts separated by `` | ``); the CSV keeps them whole."""
+    parts = [p for p in (note or "").split(" | ") if p]
+    return "; ".join(_brief(p) for p in parts)
+
+
+def _brief(note: str) -> str:
+    if note.startswith("fixed H/W as"):
+        return note
+    if "torch.onnx.export(dynamo=True)" in note and "ConversionError" in note:
+        return "dynamo: torch.onnx could not decompose the graph (ConversionError), TorchScript used"
     if "non-nested SymInt" in note:
         return "fixed H/W: a plan cached per map size (lru_cache keyed by the size)"
     m = re.search(r"\(\((\d+) \+ \(-1\)\*\(L\['x'\]\.size\(\)\[2\] % \1\)\) % \1\) <= 0", note)
@@ -265,7 +273,8 @@ def main(argv=None) -> int:
             status = f"timeout after {args.timeout:.0f} s" if rc is None else f"export failed (exit {rc})"
             row = dict(model=name, params_m=round(sizes[name] / 1e6, 2), status=status, note=last[0][:300])
         if "--dynamic" in cmd and row.get("exporter"):
-            row["note"] = f"fixed H/W as {fixed_hw[family(name)]} (same family; run with --dynamic batch)"
+            short = f"fixed H/W as {fixed_hw[family(name)]} (same family; run with --dynamic batch)"
+            row["note"] = " | ".join(n for n in (short, row.get("note")) if n)
         if row.get("exporter") and "height" not in row.get("dynamic", ""):
             fixed_hw.setdefault(family(name), name)
         rows.append(row)

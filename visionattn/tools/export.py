@@ -183,7 +183,7 @@ def _suggested_ranges(e: BaseException) -> Dict[str, Tuple[int, int]]:
 
 
 def _short(e: BaseException, limit: int = 400) -> str:
-    text = " ".join(str(e).split())
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())  # no terminal colour codes
     text = re.sub(r" ?For more information, run with TORCH_LOGS=\S+", "", text)
     text = re.sub(r"L\['flat_args'\]\[0\]\.size\(\)\[(\d)\]", lambda m: "HW"[int(m.group(1)) - 2] if m.group(1) in "23" else "B", text)
     return f"{type(e).__name__}: {text[:limit]}"
