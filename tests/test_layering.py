@@ -107,7 +107,7 @@ def test_checker_sees_upward_imports(tmp_path):
     assert any("segmentation/models.py" in f for f in found) and any("detection/builders.py" in f for f in found)
 
 
-@pytest.mark.parametrize("tool", ["validate", "coco", "seg", "visualize", "benchmark", "convert_checkpoint", "push_to_hub", "model_table"])
+@pytest.mark.parametrize("tool", ["validate", "coco", "seg", "visualize", "export", "benchmark", "convert_checkpoint", "push_to_hub", "model_table"])
 def test_tools_do_not_import_each_other(tool):
     """Every tool is a program of its own job: the shared helpers come from visionattn.engine."""
     path = PKG / "tools" / f"{tool}.py"
