@@ -423,7 +423,16 @@ def test_img_size_accepted_and_min_input_size(name):
             timm.create_model(name, img_size=mn[1] - 1)
     with torch.device("meta"):
         feat = timm.create_model(name, img_size=(192, 192), features_only=True)  # (H, W) as timm's save_for_hf writes it
+        pair = timm.create_model(name, img_size=(192, 192), num_classes=3)  # a pair, as timm users pass it
     assert feat.pretrained_cfg["input_size"] == (3, 192, 192)
+    assert pair.pretrained_cfg["input_size"] == (3, 192, 192)
+    with torch.device("meta"):
+        try:  # a non-square pair: taken, or refused because the model's tables are square at construction
+            rect = timm.create_model(name, img_size=(192, 160), num_classes=3)
+        except ValueError as e:
+            assert "not square" in str(e) and "img_size=192" in str(e), str(e)
+        else:
+            assert rect.pretrained_cfg["input_size"] == (3, 192, 160)
 
 
 @pytest.mark.parametrize("name", sorted(SMALLEST.values()))

@@ -52,6 +52,27 @@ def per_stage(value, n: int, name: str) -> List:
     return [value] * n
 
 
+def square_img_size(img_size: Union[int, Sequence[int]], model: str) -> int:
+    """The construction size of a model whose position tables are square (Agent, InLine, CSWin, the
+    isotropic NAT/ViT-rpb models): ``img_size`` as an int, or an ``(H, W)`` pair with ``H == W``.
+
+    The size only shapes tables sized at construction (they are resized to the input at run time,
+    so any input size still works); timm users often pass ``img_size=(H, W)``.
+
+    Raises:
+        ValueError: a non-square pair or something that is neither an int nor a pair.
+    """
+    if isinstance(img_size, int):
+        return img_size
+    if isinstance(img_size, (tuple, list)) and len(img_size) == 2 and all(isinstance(v, int) for v in img_size):
+        if img_size[0] == img_size[1]:
+            return int(img_size[0])
+        raise ValueError(
+            f"{model}: img_size={tuple(img_size)} is not square; this model's position tables are built square "
+            f"at construction (and resized to any input at run time): pass one int, e.g. img_size={max(img_size)}")
+    raise ValueError(f"{model}: img_size must be an int or an (H, W) pair of ints; got {img_size!r}")
+
+
 def init_weights(module: nn.Module) -> None:
     """The init every family's official code uses (ViT/Swin style): truncated normal (std .02)
     Linear weights, zero biases, LayerNorm weight 1 / bias 0; convolutions keep PyTorch's default.

@@ -70,7 +70,7 @@ from ..layers.cross_shaped import CrossShapedWindowAttention
 from ..layers.pos import resize_rel_pos_table
 from ..layers.window import WindowAttention
 from . import cswin as _cswin
-from ._backbone import HierarchicalBackbone, PlainBackbone, Stage, TokenHead, drop_path_rates, init_weights, per_stage
+from ._backbone import HierarchicalBackbone, PlainBackbone, Stage, TokenHead, drop_path_rates, init_weights, per_stage, square_img_size
 from ._manifest import family_cfg, manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
@@ -181,7 +181,7 @@ class AgentPVT(HierarchicalBackbone):
         dpr = drop_path_rates(drop_path_rate, depths)
         stages = []
         for i in range(n):
-            g = img_size // reductions[i]
+            g = square_img_size(img_size, "Agent/InLine-PVT") // reductions[i]
             down = PosPatchEmbed(embed_dims[i - 1], embed_dims[i], 2, (g, g), nhwc_input=True) if i > 0 else None
             blocks = [
                 TransformerBlock(
@@ -263,7 +263,7 @@ class AgentDeiT(PlainBackbone):
         drop_path_rate: float = 0.0,
         mixer_layer: Optional[MixerFactory] = None,
     ):
-        g = img_size // patch_size
+        g = square_img_size(img_size, "Agent/InLine-DeiT") // patch_size
         agent_layers = depth if agent_layers is None else agent_layers
         mixer_layer = mixer_layer or agent_mixer([agent_num])
         dpr = drop_path_rates(drop_path_rate, [depth])[0]
@@ -369,6 +369,7 @@ class AgentSwin(HierarchicalBackbone):
         dims = [int(embed_dim * 2**i) for i in range(n)]
         reductions = [4 * 2**i for i in range(n)]
         dpr = drop_path_rates(drop_path_rate, depths)
+        img_size = square_img_size(img_size, "Agent/InLine-Swin")
         window = max(7, img_size // 32)
         stages = []
         for i in range(n):

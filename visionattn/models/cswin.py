@@ -55,7 +55,7 @@ from ..layers.block import TransformerBlock
 from ..ops._trace import pad_nchw
 from ..layers.conv import ConvDownsampler
 from ..layers.cross_shaped import CrossShapedWindowAttention
-from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights
+from ._backbone import HierarchicalBackbone, Stage, drop_path_rates, init_weights, square_img_size
 from ._manifest import family_cfg, manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
@@ -153,7 +153,7 @@ class CSWin(HierarchicalBackbone):
         dpr = drop_path_rates(drop_path_rate, depths)
         stages = []
         for i in range(n):
-            resolution = img_size // reductions[i]
+            resolution = square_img_size(img_size, "CSWin / Agent-CSwin / InLine-CSwin") // reductions[i]
             full = bool(full_attn[i]) or resolution == split_size[i]
             blocks = []
             for j in range(depths[i]):

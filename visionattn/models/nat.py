@@ -35,7 +35,7 @@ from ..layers.conv import ConvDownsampler, ConvTokenizer, PatchEmbed, PatchMergi
 from ..layers.neighborhood import NeighborhoodAttention2d
 from ..layers.pos import relative_position_index, resize_rel_pos_table
 from ..layers.window import WindowAttention
-from ._backbone import HierarchicalBackbone, PlainBackbone, Stage, drop_path_rates, init_weights, per_stage
+from ._backbone import HierarchicalBackbone, PlainBackbone, Stage, drop_path_rates, init_weights, per_stage, square_img_size
 from ._manifest import family_cfg, manifest_cfgs
 from ._registry import build_model, check_state_dict, register_model, unwrap_state_dict
 
@@ -184,7 +184,7 @@ class NATIsotropic(PlainBackbone):
         if attention not in ("na", "mhsa"):
             raise ValueError(f"attention must be 'na' or 'mhsa'; got {attention!r}")
         dpr = drop_path_rates(drop_path_rate, [depth])[0]
-        grid = img_size // 16
+        grid = square_img_size(img_size, "isotropic NAT / ViT-rpb") // 16
 
         def mixer(i: int) -> nn.Module:
             if attention == "mhsa":
