@@ -281,6 +281,9 @@ SEG_FAMILIES = {
     "agent_swin_tiny": dict(depths=(1, 1, 1, 1), agent_blocks=(1, 1, 1, 0)), "biformer_tiny": dict(depths=(1, 1, 1, 1)),
     "biformer_stl": dict(depths=(1, 1, 1, 1)), "cswin_tiny": dict(depths=(1, 1, 1, 1)),
     "davit_tiny_va": dict(depths=(1, 1, 1, 1)), "maxvit_tiny": dict(depths=(1, 1, 1, 1)),
+    "van_b0": dict(depths=(1, 1, 1, 1)), "crossformer_tiny": dict(depths=(1, 2, 1, 1)),
+    "inline_cswin_tiny": dict(depths=(1, 1, 1, 1)), "inline_deit_tiny": _PLAIN, "inline_pvt_tiny": dict(depths=(1, 1, 1, 1)),
+    "inline_swin_tiny": dict(depths=(1, 1, 1, 1), inline_blocks=(1, 1, 1, 0)),
     "resnet18": {}, "convnext_tiny": dict(depths=(1, 1, 1, 1), dims=(32, 64, 96, 128)),
 }
 # quick set: a hierarchical model through both heads, a plain one (simple pyramid), a timm model
