@@ -12,8 +12,12 @@ For each model (default: the smallest of every family and sub-family), in eval m
   ``eager_ms / compiled_ms``;
 * ``recompile_s``: wall time of the first call at the second size (what a user waits when an
   image of a new size arrives), and ``graphs``: the number of distinct graphs dynamo compiled
-  over the first, second and third size (1: one graph served all three sizes);
-* ``third_s``: wall time of the first call at a third size.
+  over the sizes given (1: one graph served them all);
+* ``third_s``: wall time of the first call at a third size (``--size3``; off by default).
+
+Compile times are *cold* by default: the script points inductor's on-disk cache
+(``TORCHINDUCTOR_CACHE_DIR``) at a fresh temporary folder, as on a machine that never compiled
+the model. ``--warm-cache`` keeps the user's cache (what a second run of a program sees).
 
 ``--mode`` chooses how the model is compiled:
 
@@ -32,7 +36,7 @@ code generation, for a quick look at which families keep sizes symbolic.
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/compile.py [--models nat_mini ...] [--size 64 64]
-        [--size2 64 48] [--size3 96 80] [--repeats 5] [--threads 1] [--mode default|static|dynamic]
+        [--size2 64 48] [--size3 96 80] [--warm-cache] [--repeats 5] [--threads 1] [--mode default|static|dynamic]
         [--backend inductor|eager] [--out benchmarks/results/compile]
 
 writes ``<out>.csv`` and ``<out>.md`` (command, machine, versions, table). CPU compilation is
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import tempfile
 import datetime
 import os
 import platform
@@ -49,6 +54,11 @@ import statistics
 import sys
 import time
 from typing import Dict, List
+
+if __name__ == "__main__" and "--warm-cache" not in sys.argv:
+    # Cold compiles: inductor's on-disk caches (FX graphs, generated C++ kernels) would otherwise
+    # turn a second run of this script into cache hits. Must be set before torch is imported.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="visionattn_compile_cache_")
 
 import timm
 import torch
@@ -97,11 +107,12 @@ def measure(name: str, size, size2, size3, repeats: int, mode: str = "default", 
         out2 = compiled(x2)
         row["recompile_s"] = time.perf_counter() - t
         row["max_abs_diff2"] = (out2 - model(x2)).abs().max().item()
-        x3 = torch.randn(1, 3, *size3)
-        t = time.perf_counter()
-        out3 = compiled(x3)
-        row["third_s"] = time.perf_counter() - t
-        row["max_abs_diff2"] = max(row["max_abs_diff2"], (out3 - model(x3)).abs().max().item())
+        if size3:
+            x3 = torch.randn(1, 3, *size3)
+            t = time.perf_counter()
+            out3 = compiled(x3)
+            row["third_s"] = time.perf_counter() - t
+            row["max_abs_diff2"] = max(row["max_abs_diff2"], (out3 - model(x3)).abs().max().item())
     row["graphs"] = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
     row["graph_breaks"] = int(sum(torch._dynamo.utils.counters["graph_break"].values()))
     return row
@@ -114,7 +125,8 @@ def main(argv=None) -> int:
     p.add_argument("--size2", nargs=2, type=int, default=[64, 48], help="second input size H W (recompile)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--size3", nargs=2, type=int, default=[96, 80], help="third input size H W")
+    p.add_argument("--size3", nargs=2, type=int, default=None, help="third input size H W (default: none)")
+    p.add_argument("--warm-cache", action="store_true", help="keep inductor's on-disk cache (default: a fresh, empty one)")
     p.add_argument("--mode", choices=["default", "static", "dynamic"], default="default",
                    help="default: torch.compile(model); static: dynamic=False; dynamic: mark H, W of the first input dynamic")
     p.add_argument("--backend", default="inductor", help="torch.compile backend (inductor; eager = dynamo capture only)")
@@ -157,9 +169,10 @@ def write(rows: List[Dict], args, argv) -> None:
         f"Python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}.",
         "",
         f"Measured: batch 1, fp32, CPU, eval + no_grad; first size {args.size[0]}x{args.size[1]}, second size "
-        f"{args.size2[0]}x{args.size2[1]}, third {args.size3[0]}x{args.size3[1]}; mode {args.mode}, backend {args.backend}; "
+        f"{args.size2[0]}x{args.size2[1]}" + (f", third {args.size3[0]}x{args.size3[1]}" if args.size3 else "")
+        + f"; mode {args.mode}, backend {args.backend}, {'warm' if args.warm_cache else 'cold (empty)'} inductor cache; "
         f"medians of {args.repeats} calls. compile_s / recompile_s: wall time of the first call at the first / "
-        "second size, third_s at the third. graphs: distinct graphs over the three sizes; graph_breaks: dynamo's count "
+        "second size, third_s at the third. graphs: distinct graphs over the sizes; graph_breaks: dynamo's count "
         "(0: fullgraph=True works). max_abs_diff2: worst difference to eager at the second and third size. "
         "Wall times on a shared machine are indicative only.",
         "",
