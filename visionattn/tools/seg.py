@@ -468,8 +468,8 @@ class InfiniteShardedBatches(torch.utils.data.Sampler):
 def _seg():
     try:
         import visionattn.segmentation as seg
-    except ImportError as e:  # segmentation_models_pytorch / torchmetrics are the 'segmentation' extra
-        raise UsageError(f"the segmentation extra is not installed ({e}); pip install 'visionattn[segmentation]'") from None
+    except ImportError as e:  # the library needs only the core dependencies (torch, torchvision, timm)
+        raise UsageError(f"visionattn.segmentation could not be imported ({e}); reinstall visionattn") from None
     return seg
 
 
