@@ -45,6 +45,8 @@ for n in MODELS:
     if f not in SMALLEST or _SIZES[n] < _SIZES[SMALLEST[f]]:
         SMALLEST[f] = n
 REAL_FAST_MAX_PARAMS = 15e6  # (23e6 before VAN, InLine and CrossFormer joined; keeps the quick set within 15 min)
+# Meta-device (shape-only) checks: every model, the ones over 100M parameters in the slow set (CI runs both).
+MODELS_META = [pytest.param(n, marks=pytest.mark.slow if _SIZES[n] > 100e6 else ()) for n in MODELS]
 # Real forwards: small models always, mid-size ones marked slow (all of them still run in CI).
 REAL = [
     pytest.param(n, marks=() if _SIZES[n] <= REAL_FAST_MAX_PARAMS or n in SMALLEST.values() else pytest.mark.slow)
@@ -98,7 +100,7 @@ def test_pretrained_cfg_complete(name):
         assert c.url or c.hf_hub_id or c.file or "no weights released" in notes or "no direct download" in notes, f"{tag}: no weight source"
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS_META)
 def test_meta_forward_shapes_default_and_odd_size(name):
     cfg = timm.models.get_pretrained_cfg(name)
     with torch.device("meta"):
@@ -328,7 +330,7 @@ def _expected_taps(m, B, hw):
     return [(B, info["num_chs"], -(-hw[0] // info["reduction"]), -(-hw[1] // info["reduction"])) for info in m.feature_info]
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS_META)
 def test_empty_batch_meta(name):
     """0 images give empty outputs of the usual shapes (inference and training), for every model."""
     with torch.device("meta"):
@@ -368,7 +370,7 @@ def test_integer_images_raise_a_clear_error(name):
         m.forward_intermediates(torch.zeros(1, 3, 64, 64, dtype=torch.int64))
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS_META)
 def test_channels_last_conversion_meta(name):
     """Every model (the heavy ones too) converts to channels_last keeping its parameter shapes."""
     with torch.device("meta"):
@@ -403,7 +405,7 @@ def test_channels_last_input_and_model_give_identical_outputs(name):
 # img_size= everywhere, min_input_size in the cfgs (issue #19.10)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODELS_META)
 def test_img_size_accepted_and_min_input_size(name):
     """``img_size=`` is accepted by every model and recorded in its cfg; ``min_input_size`` is the
     smallest size that runs (one pixel less raises the ValueError naming the minimum)."""
