@@ -89,6 +89,22 @@ def load_checkpoint(path: os.PathLike, program: str = "tools/train.py") -> Dict[
     return ckpt
 
 
+def find_resume_checkpoint(resume: str, output: Optional[os.PathLike], name: str = "last.pth.tar") -> Optional[Path]:
+    """The checkpoint a ``--resume`` flag names: ``auto`` is ``<output>/<name>`` when it exists
+    (None for a fresh start), a folder means ``<folder>/<name>``, anything else is the file itself.
+
+    Raises:
+        UsageError: ``--resume auto`` without an output folder.
+    """
+    if resume == "auto":
+        if output is None:
+            raise UsageError("--resume auto needs --output")
+        path = Path(output) / name
+        return path if path.is_file() else None
+    path = Path(resume)
+    return path / name if path.is_dir() else path
+
+
 def load_initial_checkpoint(model: nn.Module, path: os.PathLike, use_ema: bool = False) -> Dict[str, List[str]]:
     """Load a training checkpoint's weights (``model``/``state_dict``, or the EMA with
     ``use_ema``) into ``model`` for fine-tuning; classifier tensors whose shape differs (another

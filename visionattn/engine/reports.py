@@ -34,6 +34,18 @@ def write_log_json(path: os.PathLike, history: List[Dict[str, Any]]) -> None:
     atomic_write_text(path, json.dumps(jsonable(history), indent=1) + "\n")
 
 
+def save_figure(fig: Any, path: os.PathLike, dpi: int = 100) -> Path:
+    """Write a matplotlib figure to ``path`` as PNG (``dpi`` dots per inch) atomically, and close it.
+
+    Returns the path. Raises ``OSError`` when the place cannot be written."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
 def plot_curves(path: os.PathLike, history: List[Dict[str, Any]]) -> Optional[Path]:
     """Render train/held-out loss, top-1 (and the EMA's) and the LR against epoch into one PNG
     with matplotlib's Agg backend (written atomically). Returns the path, or None without history."""
@@ -60,10 +72,7 @@ def plot_curves(path: os.PathLike, history: List[Dict[str, Any]]) -> Optional[Pa
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return save_figure(fig, path)
 
 
 def summary_text(summary: Dict[str, Any]) -> str:

@@ -90,20 +90,27 @@ def resize_agent_bias(name: str, tensor: torch.Tensor, size: Tuple[int, int]) ->
 
 @script_ignore()  # TorchScript calls it through Python (formatted errors)
 @register_notrace_function  # a leaf of FX graphs: the checks need the run-time sizes
-def _check_agent_input(x: torch.Tensor, num_prefix_tokens: int, grid: Optional[Tuple[int, int]]) -> None:
-    """The input checks of :meth:`AgentAttention.forward` (NHWC without ``grid``, ``(B, N, C)`` with it)."""
+def check_token_input(x: torch.Tensor, num_prefix_tokens: int, grid: Optional[Tuple[int, int]], owner: str) -> None:
+    """Input checks of a mixer that takes NHWC maps ``(B, H, W, C)`` without ``grid`` and token
+    sequences ``(B, P + H*W, C)`` (``P`` prefix tokens first) with ``grid=(H, W)``: AgentAttention,
+    InLineAttention. ``owner`` names the module in the messages.
+
+    Raises:
+        ValueError: prefix tokens without a grid, a 3-D input without a grid, a grid with a
+            non-3-D input, or a token count that is not ``P + H*W``.
+    """
     P = num_prefix_tokens
     if grid is None:
         if P:
-            raise ValueError("AgentAttention: a module with prefix tokens takes (B, N, C) sequences and a grid")
+            raise ValueError(f"{owner}: a module with prefix tokens takes (B, N, C) sequences and a grid")
         if x.dim() != 4:
-            raise ValueError(f"AgentAttention: (B, N, C) inputs need grid=(H, W); got shape {tuple(x.shape)} without a grid")
+            raise ValueError(f"{owner}: (B, N, C) inputs need grid=(H, W); got shape {tuple(x.shape)} without a grid")
     else:
         if x.dim() != 3:
-            raise ValueError(f"AgentAttention: grid= is given for (B, N, C) sequences; got shape {tuple(x.shape)}")
+            raise ValueError(f"{owner}: grid= is given for (B, N, C) sequences; got shape {tuple(x.shape)}")
         H, W, N = int(grid[0]), int(grid[1]), x.shape[1]
         if N != P + H * W:
-            raise ValueError(f"AgentAttention: {N} tokens but grid {H}x{W} + {P} prefix token(s) = {P + H * W}")
+            raise ValueError(f"{owner}: {N} tokens but grid {H}x{W} + {P} prefix token(s) = {P + H * W}")
 
 
 @register_notrace_function  # a leaf of FX graphs: it branches on device and autograd state
@@ -138,7 +145,7 @@ def _agent_attend_weights(
 
 # leaves of FX graphs (see ops/_trace.py)
 torch.fx.wrap("resize_agent_bias")
-torch.fx.wrap("_check_agent_input")
+torch.fx.wrap("check_token_input")
 torch.fx.wrap("_agent_attend")
 
 
@@ -282,7 +289,7 @@ class AgentAttention(nn.Module):
         return b1, b2
 
     def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-        _check_agent_input(x, self.num_prefix_tokens, grid)
+        check_token_input(x, self.num_prefix_tokens, grid, "AgentAttention")
         P = self.num_prefix_tokens
         nhwc = grid is None
         if grid is None:
@@ -329,7 +336,7 @@ class AgentAttention(nn.Module):
             query -> key map is ``query_attn @ agent_attn`` (rows sum to 1); the DWC term on V is
             not attention and is not part of it.
         """
-        _check_agent_input(x, self.num_prefix_tokens, grid)
+        check_token_input(x, self.num_prefix_tokens, grid, "AgentAttention")
         P = self.num_prefix_tokens
         nhwc = grid is None
         if grid is None:

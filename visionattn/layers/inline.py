@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import register_notrace_function
 
-from ..ops._trace import script_ignore
+from .agent import check_token_input
 
 __all__ = ["InLineAttention", "dynamic_dwconv3x3", "KERNEL_FUNCS"]
 
@@ -91,25 +91,7 @@ def dynamic_dwconv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y.reshape(B, C, H, W).permute(0, 2, 3, 1)
 
 
-@script_ignore()  # TorchScript calls it through Python (formatted errors)
-@register_notrace_function  # a leaf of FX graphs: the checks need the run-time sizes
-def _check_inline_input(x: torch.Tensor, num_prefix_tokens: int, grid: Optional[Tuple[int, int]]) -> None:
-    """The input checks of :meth:`InLineAttention.forward` (NHWC without ``grid``, ``(B, N, C)`` with it)."""
-    P = num_prefix_tokens
-    if grid is None:
-        if P:
-            raise ValueError("InLineAttention: a module with prefix tokens takes (B, N, C) sequences and a grid")
-        if x.dim() != 4:
-            raise ValueError(f"InLineAttention: (B, N, C) inputs need grid=(H, W); got shape {tuple(x.shape)} without a grid")
-    else:
-        if x.dim() != 3:
-            raise ValueError(f"InLineAttention: grid= is given for (B, N, C) sequences; got shape {tuple(x.shape)}")
-        H, W, N = int(grid[0]), int(grid[1]), x.shape[1]
-        if N != P + H * W:
-            raise ValueError(f"InLineAttention: {N} tokens but grid {H}x{W} + {P} prefix token(s) = {P + H * W}")
-
-
-torch.fx.wrap("_check_inline_input")
+torch.fx.wrap("check_token_input")  # the shared input checks stay a call in FX graphs
 torch.fx.wrap("dynamic_dwconv3x3")
 
 
@@ -199,7 +181,7 @@ class InLineAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None, context: Optional[torch.Tensor] = None) -> torch.Tensor:
-        _check_inline_input(x, self.num_prefix_tokens, grid)
+        check_token_input(x, self.num_prefix_tokens, grid, "InLineAttention")
         P = self.num_prefix_tokens
         nhwc = grid is None
         if grid is None:

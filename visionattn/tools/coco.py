@@ -52,7 +52,7 @@ from visionattn.detection import (CocoDetection, GroupedBatchSampler, ShardedSam
 from visionattn.detection.builders import DETECTORS
 from visionattn.detection.engine import (NO_DECAY_KEYWORDS, SCHEDULES, WarmupMultiStep, evaluate, init_distributed,
                                          is_main, param_groups, train_one_epoch, unwrap)
-from visionattn.engine.checkpoint import get_rng_state, load_checkpoint, set_rng_state
+from visionattn.engine.checkpoint import find_resume_checkpoint, get_rng_state, load_checkpoint, set_rng_state
 from visionattn.engine.cli import RESUME_HINT, UsageError, run_cli
 from visionattn.engine.config import parse_model_kwargs
 from visionattn.engine.evaluation import resolve_amp
@@ -177,16 +177,7 @@ def resolve_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Opt
         ckpt_path = Path(explicit.pop("checkpoint"))
         ckpt = load_checkpoint(ckpt_path, program="tools/coco.py train")
     elif resume:
-        out = explicit.get("output") or config.get("output")
-        if resume == "auto":
-            if out is None:
-                raise UsageError("--resume auto needs --output")
-            if (Path(out) / CHECKPOINT_NAME).is_file():
-                ckpt_path = Path(out) / CHECKPOINT_NAME
-        else:
-            ckpt_path = Path(resume)
-            if ckpt_path.is_dir():
-                ckpt_path = ckpt_path / CHECKPOINT_NAME
+        ckpt_path = find_resume_checkpoint(resume, explicit.get("output") or config.get("output"), CHECKPOINT_NAME)
         if ckpt_path is not None:
             ckpt = load_checkpoint(ckpt_path, program="tools/coco.py train")
     base = dict(ckpt.get("args", {})) if ckpt else {}

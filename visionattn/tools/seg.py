@@ -61,7 +61,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from visionattn.engine.checkpoint import get_all_rng_states, load_checkpoint, save_checkpoint, set_rng_state
+from visionattn.engine.checkpoint import find_resume_checkpoint, get_all_rng_states, load_checkpoint, save_checkpoint, set_rng_state
 from visionattn.engine.cli import UsageError, check_output_dir, run_cli
 from visionattn.engine.config import load_config, parse_model_kwargs
 from visionattn.engine.console import default_workers, show_progress, unknown_model_message
@@ -69,7 +69,7 @@ from visionattn.engine.distributed import (all_reduce_sum, barrier, init_distrib
                                            unwrap_model)
 from visionattn.engine.evaluation import autocast, precision_name, resolve_amp
 from visionattn.engine.files import atomic_write, atomic_write_text, jsonable
-from visionattn.engine.reports import write_log_csv
+from visionattn.engine.reports import save_figure, write_log_csv
 
 PROGRAM = "tools/seg.py"
 CHECKPOINT_NAME = "last.pth.tar"
@@ -229,16 +229,7 @@ def resolve_args(argv: Optional[Sequence[str]]) -> Tuple[argparse.Namespace, Opt
         ckpt_path = Path(explicit.pop("checkpoint"))
         ckpt = _load_eval_checkpoint(ckpt_path)
     elif resume:
-        out = explicit.get("output") or config.get("output")
-        if resume == "auto":
-            if out is None:
-                raise UsageError("--resume auto needs --output")
-            if (Path(out) / CHECKPOINT_NAME).is_file():
-                ckpt_path = Path(out) / CHECKPOINT_NAME
-        else:
-            ckpt_path = Path(resume)
-            if ckpt_path.is_dir():
-                ckpt_path = ckpt_path / CHECKPOINT_NAME
+        ckpt_path = find_resume_checkpoint(resume, explicit.get("output") or config.get("output"), CHECKPOINT_NAME)
         if ckpt_path is not None:
             ckpt = load_checkpoint(ckpt_path, program=f"{PROGRAM} train")
     # what the checkpoint's run was called with, less what names that call only (bars, the interruption)
@@ -664,10 +655,7 @@ def plot_curves(path: Path, records: List[Dict[str, Any]], evals: List[Dict[str,
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return save_figure(fig, path)
 
 
 def _read_records(path: Path) -> List[Dict[str, Any]]:
