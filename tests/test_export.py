@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,48 @@ def test_classifier_dynamic_batch_and_hw_match_eager(tmp_path, capsys):
     for b in (1, 3):
         for h, w in ((64, 64), (40, 56)):  # 40x56: tokens 10x14, not the export size
             assert _compare(sess, model, b, h, w) < 1e-4, (b, h, w)
+
+
+def test_van_exports_with_dynamic_hw_at_sizes_no_stride_divides(tmp_path, capsys):
+    """A hierarchical model whose only size decisions are the padding helpers of ops/_trace.py
+    (VAN: patch embeddings padded to the stride) gets a dynamic height/width: the helpers pad
+    unconditionally under torch.export. The range starts above the sizes whose stride-32 map is
+    1x1 (torch specialises size-1 axes), and the graph matches eager at sizes no stride divides."""
+    out = tmp_path / "van.onnx"
+    items = ["depths=[1,1,1,1]", "embed_dims=[8,16,16,32]", "kernel_size=9", "dilation=3"]
+    rc = export_tool.cli(["--model", "van_b0", "--model-kwargs", *items, "--img-size", "96",
+                          "--output", str(out), "--repeats", "0"])
+    assert rc == 0, capsys.readouterr()
+    rep = json.loads(out.with_suffix(".json").read_text())
+    assert rep["dynamic_axes"] == ["batch", "height", "width"] and rep["custom_ops"] == []
+    (hlo, hhi), (wlo, whi) = rep["hw_range"]
+    assert 33 <= hlo <= 65 and 33 <= wlo <= 65 and hhi == whi == export_tool.MAX_SIDE
+    sess = _session(out)
+    model = _eager("van_b0", items)
+    for b, h, w in ((1, 96, 96), (2, 67, 101), (3, 130, 75)):
+        assert _compare(sess, model, b, h, w) < 1e-4, (b, h, w)
+
+
+def test_dynamic_hw_trace_past_its_time_limit_falls_back_to_fixed_hw(tmp_path, capsys, monkeypatch):
+    """A dynamic height/width trace that runs past ``--hw-timeout`` is given up (the sympy
+    reasoning of large windowed graphs can take many minutes): the model is exported with a fixed
+    height/width and the report says why."""
+    real = export_tool._torch_export
+
+    def slow_hw(model, x, kind, *args, **kwargs):
+        if kind == "hw":
+            time.sleep(30)
+        return real(model, x, kind, *args, **kwargs)
+
+    monkeypatch.setattr(export_tool, "_torch_export", slow_hw)
+    out = tmp_path / "m.onnx"
+    t0 = time.perf_counter()
+    rc = export_tool.cli(["--model", "mixernet_tiny", "--model-kwargs", "mixers=dwconv", *TINY, "--img-size", "32",
+                          "--hw-timeout", "1", "--repeats", "0", "--output", str(out)])
+    assert rc == 0, capsys.readouterr()
+    assert time.perf_counter() - t0 < 25
+    rep = json.loads(out.with_suffix(".json").read_text())
+    assert rep["dynamic_axes"] == ["batch"] and "did not finish within 1 s" in rep["dynamic_hw_note"]
 
 
 def test_features_only_neighborhood_fixed_hw_dynamic_batch(tmp_path, capsys):
@@ -195,6 +238,13 @@ FAMILIES = {
     "agent_swin_tiny": ["depths=[1,1,1,1]"],
     "agent_cswin_tiny": ["depths=[1,1,1,1]"],
     "bra_mixernet_tiny": TINY,
+    "van_b0": ["depths=[1,1,1,1]"],
+    "inline_deit_tiny": ["depth=2"],
+    "inline_pvt_tiny": ["depths=[1,1,1,1]"],
+    "inline_swin_tiny": ["depths=[1,1,1,1]"],
+    "inline_cswin_tiny": ["depths=[1,1,1,1]"],
+    "crossformer_tiny": ["depths=[1,1,1,1]"],
+    "crossformerpp_small": ["depths=[1,1,1,1]"],
 }
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch._subclasses.fake_tensor import FakeTensor
 
-__all__ = ["is_tracing", "cache_context", "script_ignore", "pad_nhwc", "pad_nchw", "pad_nhwc_min", "crop_nhwc"]
+__all__ = ["is_tracing", "is_exporting", "cache_context", "script_ignore", "pad_nhwc", "pad_nchw", "pad_nhwc_min", "crop_nhwc"]
 
 
 def cache_context(tracing: bool):
@@ -49,6 +49,16 @@ def is_tracing(x: torch.Tensor) -> bool:
     return torch.compiler.is_compiling() or isinstance(x, FakeTensor) or torch.jit.is_tracing()
 
 
+def is_exporting() -> bool:
+    """True inside ``torch.export`` (``torch.compiler.is_exporting()``); False in eager mode, under
+    TorchScript and under ``torch.compile``. TorchScript compiles only the first branch below (a
+    static ``torch.jit.is_scripting()`` condition), so the padding helpers stay scriptable."""
+    if torch.jit.is_scripting():
+        return False
+    else:
+        return torch.compiler.is_exporting()
+
+
 # ------------------------------------------------------------------------------------------------
 # Shape-dependent padding and cropping as graph leaves (FX / TorchScript / dynamo).
 #
@@ -60,6 +70,11 @@ def is_tracing(x: torch.Tensor) -> bool:
 # so a GraphModule pads and crops correctly at any input size. They are plain TorchScript
 # functions (ints and tensors only) and dynamo traces them like any other code. Eager results are
 # those of the inline code they replace (bit for bit).
+#
+# Under ``torch.export`` with dynamic height/width (``visionattn-export``), ``if ph > 0`` on a
+# symbolic size would specialise the graph to one residue of the size modulo the multiple; there
+# the helpers pad and crop unconditionally (a zero pad and a full slice are exact no-ops), so the
+# exported graph pads correctly at any size.
 
 
 @register_notrace_function
@@ -68,7 +83,7 @@ def pad_nhwc(x: torch.Tensor, mh: int, mw: int) -> torch.Tensor:
     ``(mh, mw)``; ``x`` itself when they already are."""
     ph = (mh - x.shape[1] % mh) % mh
     pw = (mw - x.shape[2] % mw) % mw
-    if ph > 0 or pw > 0:
+    if is_exporting() or ph > 0 or pw > 0:
         x = F.pad(x, [0, 0, 0, pw, 0, ph])
     return x
 
@@ -79,7 +94,7 @@ def pad_nchw(x: torch.Tensor, mh: int, mw: int) -> torch.Tensor:
     ``(mh, mw)``; ``x`` itself when they already are."""
     ph = (mh - x.shape[-2] % mh) % mh
     pw = (mw - x.shape[-1] % mw) % mw
-    if ph > 0 or pw > 0:
+    if is_exporting() or ph > 0 or pw > 0:
         x = F.pad(x, [0, pw, 0, ph])
     return x
 
@@ -97,6 +112,6 @@ def pad_nhwc_min(x: torch.Tensor, min_h: int, min_w: int) -> torch.Tensor:
 @register_notrace_function
 def crop_nhwc(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """``x[:, :h, :w]`` of NHWC tokens; ``x`` itself when it is already ``h x w``."""
-    if x.shape[1] != h or x.shape[2] != w:
+    if is_exporting() or x.shape[1] != h or x.shape[2] != w:
         x = x[:, :h, :w]
     return x

@@ -54,11 +54,14 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import statistics
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -175,6 +178,8 @@ def _dynamic_shapes(kind: str, ranges: Optional[Dict[str, Tuple[int, int]]] = No
 
 
 _SUGGESTED = re.compile(r"\b(height|width) = Dim\('\w+', min=(\d+), max=(\d+)\)")
+#: A guard of torch's size-1 specialisation in a constraint violation (``... != 1.`` / ``... > 1.``).
+_SIZE_ONE_GUARD = re.compile(r"satisfy the generated guard .*(?:!= 1|> 1)\.")
 
 
 def _suggested_ranges(e: BaseException) -> Dict[str, Tuple[int, int]]:
@@ -194,7 +199,9 @@ def _torch_export(model: nn.Module, x: torch.Tensor, kind: str, min_side: int, n
 
     For ``kind="hw"`` height and width first range over ``[min_side, MAX_SIDE]``. When torch
     narrows that range (a guard such as ``H >= 33``: the last stage's map may not be 1x1, since
-    torch specialises size-1 axes), the export is retried with torch's suggested ranges, provided
+    torch specialises size-1 axes), the export is retried with torch's suggested ranges (or, where
+    torch suggests derived dims only, with the minimum raised to ``min_side + 1``, then
+    ``2 * min_side + 1``), provided
     they still contain the export size and every size of ``need``. Returns
     ``(ExportedProgram, ranges)``, ``ranges`` the height/width ``(min, max)`` of the graph.
     """
@@ -207,8 +214,19 @@ def _torch_export(model: nn.Module, x: torch.Tensor, kind: str, min_side: int, n
                 ep = torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(kind, ranges), strict=False)
             return ep, ranges
         except Exception as e:  # noqa: BLE001
+            if kind != "hw":
+                raise
             sug = _suggested_ranges(e)
-            if kind != "hw" or not sug:
+            if not sug and _SIZE_ONE_GUARD.search(str(e)):
+                # A guard that some stage's map is not 1 wide (``(...) // 32) != 1``), with
+                # torch's suggestion given as derived dims (``height = 32*_height``) that
+                # _suggested_ranges does not read: start the range above the sizes whose last
+                # map would be 1x1: ``min_side + 1`` (a map of 2 at stride ``min_side`` with
+                # ceil padding), then ``2 * min_side + 1``.
+                lo = next((v for v in (min_side + 1, 2 * min_side + 1) if v > ranges["height"][0]), None)
+                if lo is not None:
+                    sug = {k: (max(lo, v[0]), v[1]) for k, v in ranges.items()}
+            if not sug:
                 raise
             new = {k: sug.get(k, v) for k, v in ranges.items()}
             fits = all(new["height"][0] <= h <= new["height"][1] and new["width"][0] <= w <= new["width"][1] for h, w in sizes)
@@ -218,16 +236,39 @@ def _torch_export(model: nn.Module, x: torch.Tensor, kind: str, min_side: int, n
     raise RuntimeError("torch.export kept narrowing the height/width range")
 
 
+@contextlib.contextmanager
+def _time_limit(seconds: float, what: str):
+    """Raise :class:`TimeoutError` in the body after ``seconds`` (SIGALRM; no limit for
+    ``seconds <= 0``, off the main thread or where SIGALRM does not exist)."""
+    usable = seconds > 0 and hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(f"{what} did not finish within {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def export_onnx(model: nn.Module, x: torch.Tensor, output: os.PathLike, *, dynamic: str = "auto",
                 exporter: str = "auto", opset: Optional[int] = None, output_names: Sequence[str] = ("logits",),
                 optimize: bool = True, min_side: int = 32, need_sizes: Sequence[Tuple[int, int]] = (),
-                log=print) -> Dict[str, Any]:
+                hw_timeout: float = 300.0, log=print) -> Dict[str, Any]:
     """Export ``model`` (eval mode) for inputs like ``x`` ``(B, 3, H, W)`` to the ONNX file ``output``.
 
     ``dynamic`` is one of :data:`DYNAMIC_CHOICES` (see the module docstring). ``exporter``:
     ``min_side`` is the smallest height/width a dynamic graph should accept (the model's
     ``min_input_size``); where torch narrows it (see :func:`_torch_export`) the graph must still
-    take every ``(H, W)`` of ``need_sizes``. ``exporter``:
+    take every ``(H, W)`` of ``need_sizes``; the dynamic height/width trace is given up after
+    ``hw_timeout`` seconds (0: no limit) and the model exported with a fixed height/width.
+    ``exporter``:
     ``"dynamo"`` (``torch.export`` then ``torch.onnx.export(dynamo=True)``), ``"torchscript"``
     (``torch.onnx.export(dynamo=False)``, a trace) or ``"auto"`` (dynamo, TorchScript only where
     dynamo fails). The TorchScript path makes the batch axis dynamic (unless ``dynamic="none"``)
@@ -254,7 +295,11 @@ def export_onnx(model: nn.Module, x: torch.Tensor, output: os.PathLike, *, dynam
         ep = None
         for kind in kinds:
             try:
-                ep, ranges = _torch_export(model, x, kind, min_side, need_sizes)
+                # a symbolic height/width can send torch's shape reasoning (sympy) into minutes on
+                # windowed models whose every size decision has been made traceable; past
+                # ``hw_timeout`` seconds the model is exported with a fixed height/width instead
+                with _time_limit(hw_timeout if kind == "hw" else 0, "the dynamic height/width trace"):
+                    ep, ranges = _torch_export(model, x, kind, min_side, need_sizes)
                 break
             except Exception as e:  # noqa: BLE001  (any trace failure: record it, try the next)
                 why = _short(e)
@@ -464,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-4, help="max abs difference allowed against eager (default 1e-4)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of ONNX Runtime and torch for the checks (default 1)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls of ORT and of eager, median reported (default 5; 0 = no timing)")
+    p.add_argument("--hw-timeout", type=float, default=300.0,
+                   help="seconds allowed to the dynamic height/width trace before exporting with a fixed height/width "
+                        "(default 300; 0: no limit)")
     p.add_argument("--no-check", action="store_true", help="export only (no ONNX Runtime check, no timing)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights (random init) and of the check inputs")
     return p
@@ -519,7 +567,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
           f"at {img_size[0]}x{img_size[1]}, dynamic={args.dynamic}, exporter={args.exporter} -> {s['output']}", flush=True)
     sizes = s["check_sizes"] or [img_size, odd_check_size(img_size, min_size)]
     info = export_onnx(model, x, s["output"], dynamic=args.dynamic, exporter=args.exporter, opset=args.opset,
-                       output_names=names, optimize=not args.no_optimize, min_side=min_size, need_sizes=sizes)
+                       output_names=names, optimize=not args.no_optimize, min_side=min_size, need_sizes=sizes,
+                       hw_timeout=args.hw_timeout)
     info["custom_ops"] = custom_ops(s["output"])
     report: Dict[str, Any] = dict(
         model=args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, model_kwargs=s["model_kwargs"],
