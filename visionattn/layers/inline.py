@@ -32,13 +32,14 @@ The module has no position-dependent parameter, so any grid ``H, W >= 1`` runs w
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.layers import register_notrace_function
 
+from ..ops._trace import is_exporting
 from .agent import check_token_input
 
 __all__ = ["InLineAttention", "dynamic_dwconv3x3", "KERNEL_FUNCS"]
@@ -82,10 +83,13 @@ def dynamic_dwconv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         ``(B, H, W, C)``: ``out[b, h, w, c] = sum_{di, dj} weight[b, c, 3 di + dj] x[b, h+di-1, w+dj-1, c]``.
 
     One grouped ``F.conv2d`` over the batch folded into channels (``B * C`` groups, as the official
-    code); an empty batch (zero groups, which ``conv2d`` refuses) takes nine shifted multiply-adds.
+    code); an empty batch (zero groups, which ``conv2d`` refuses) takes nine shifted multiply-adds,
+    and so does ``torch.export`` (ONNX export with a dynamic batch): ``groups = B * C`` would be a
+    symbolic batch in a conv attribute, which ONNX cannot express. (``torch.jit.trace`` keeps the
+    conv: fvcore counts its MACs through such a trace.)
     """
     B, H, W, C = x.shape
-    if B * C == 0:
+    if is_exporting() or B * C == 0:
         return _shifted_dwconv3x3(x, weight)
     y = F.conv2d(x.permute(0, 3, 1, 2).reshape(1, B * C, H, W), weight.reshape(B * C, 1, 3, 3).to(x.dtype), padding=1, groups=B * C)
     return y.reshape(B, C, H, W).permute(0, 2, 3, 1)
@@ -182,7 +186,6 @@ class InLineAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         check_token_input(x, self.num_prefix_tokens, grid, "InLineAttention")
-        P = self.num_prefix_tokens
         nhwc = grid is None
         if grid is None:
             B, H, W, C = x.shape
@@ -191,8 +194,17 @@ class InLineAttention(nn.Module):
             H, W = grid[0], grid[1]
             B, N, C = x.shape
         N = x.shape[1]
+        qh, kh, vh, v = self._heads(x)
+        kt = kh.transpose(-2, -1)  # (B, m, d, N): the centred copy is made in this layout, so K^T V needs no copy
+        kv = ((kt - kt.mean(dim=-1, keepdim=True)) @ vh) * (self.scale / N)  # (B, m, d, d)
+        out = (qh @ kv + vh.mean(dim=2, keepdim=True)).transpose(1, 2).reshape(B, N, C)
+        out = self._local_and_proj(out, v, x if context is None else context, H, W)
+        return out if nhwc else out.reshape(B, N, C)
+
+    def _heads(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``phi(q), phi(k), v`` per head ``(B, m, N, d)`` of tokens ``(B, N, C)``, and ``v`` ``(B, N, C)``."""
+        B, N, C = x.shape
         m, d = self.num_heads, self.head_dim
-        ctx = x if context is None else context.flatten(1, -2)  # (B, tokens, C) of either layout
         if hasattr(self, "q"):  # split_qkv (hasattr: TorchScript compiles only the branch this module has)
             q = self.q(x)
             k, v = self.kv(x).reshape(B, N, 2, C).unbind(2)
@@ -202,9 +214,13 @@ class InLineAttention(nn.Module):
         qh = q.reshape(B, N, m, d).transpose(1, 2)  # (B, m, N, d)
         kh = k.reshape(B, N, m, d).transpose(1, 2)
         vh = v.reshape(B, N, m, d).transpose(1, 2)
-        kt = kh.transpose(-2, -1)  # (B, m, d, N): the centred copy is made in this layout, so K^T V needs no copy
-        kv = ((kt - kt.mean(dim=-1, keepdim=True)) @ vh) * (self.scale / N)  # (B, m, d, d)
-        out = (qh @ kv + vh.mean(dim=2, keepdim=True)).transpose(1, 2).reshape(B, N, C)
+        return qh, kh, vh, v
+
+    def _local_and_proj(self, out: torch.Tensor, v: torch.Tensor, context: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """Attention output ``(B, P + N, C)`` plus the local 3x3 term of ``v``'s patch tokens, projected."""
+        B, N, C = out.shape
+        P = self.num_prefix_tokens
+        ctx = context.flatten(1, -2)  # (B, tokens, C) of either layout
         # local residual: per-image 3x3 depthwise kernels from the token mean
         kernels = self.residual(ctx.mean(dim=1).unsqueeze(-1)).reshape(B, C, 9)
         v_img = v[:, P:].reshape(B, H, W, C)
@@ -217,5 +233,37 @@ class InLineAttention(nn.Module):
             out = torch.cat([out[:, :P], patches], dim=1)
         else:
             out = out.reshape(B, H, W, C) + local
-        out = self.proj_drop(self.proj(out))
-        return out if nhwc else out.reshape(B, N, C)
+        return self.proj_drop(self.proj(out))
+
+    @torch.jit.unused
+    def forward_attention(
+        self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None, context: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        """:meth:`forward` with the injective linear attention materialised (inspection).
+
+        Called by :func:`visionattn.visualize.capture_attention` in place of :meth:`forward`. The
+        weights are the paper's (Han et al. 2024, Eq. 5): ``A_ij = (phi(q_i) . phi(k_j) - mean_s
+        phi(q_i) . phi(k_s)) * scale / N + 1 / N``, so each row sums to exactly 1 but entries may
+        be negative; ``out = A v`` plus the local 3x3 term (not an attention, not recorded).
+        Outputs equal :meth:`forward`'s to float tolerance.
+
+        Returns:
+            ``(out, {"kind": "linear", "attn": (B, heads, P+N, P+N), "size": (H, W), "prefix": P})``.
+        """
+        check_token_input(x, self.num_prefix_tokens, grid, "InLineAttention")
+        P = self.num_prefix_tokens
+        nhwc = grid is None
+        if grid is None:
+            B, H, W, C = x.shape
+            x = x.reshape(B, H * W, C)
+        else:
+            H, W = grid[0], grid[1]
+            B, N, C = x.shape
+        N = x.shape[1]
+        qh, kh, vh, v = self._heads(x)
+        logits = qh @ kh.transpose(-2, -1)  # (B, m, N, N)
+        attn = (logits - logits.mean(dim=-1, keepdim=True)) * (self.scale / N) + 1.0 / N
+        out = (attn @ vh).transpose(1, 2).reshape(B, N, C)
+        out = self._local_and_proj(out, v, x if context is None else context, H, W)
+        record = {"kind": "linear", "attn": attn, "size": (H, W), "prefix": P}
+        return (out if nhwc else out.reshape(B, N, C)), record
