@@ -157,6 +157,42 @@ def test_maxvit_block_and_grid_windows(partition, H, W):
     _check_queries(rec, H, W, lambda y, x: {(r, c) for r in axis(H, Hp, y) for c in axis(W, Wp, x)})
 
 
+@pytest.mark.parametrize("partition,mask_padding", [("dilated", True), ("dilated", False), ("block", False)])
+def test_crossformer_group_windows(partition, mask_padding):
+    """CrossFormer's SDA (block) and LDA (dilated) groups with the dynamic position bias: each
+    query's weights lie exactly on its group, computed here from the paper's definition (LDA:
+    tokens ``I`` apart inside a ``(G*I) x (G*I)`` region), and sum to 1 unless unmasked padded
+    keys took part (``mask_padding=False``, the official behaviour), whose weight is dropped."""
+    torch.manual_seed(7)
+    G, I, H, W = 2, 3, 7, 8
+    m = WindowAttention(16, 2, G, partition=partition, interval=I if partition == "dilated" else 0, rel_pos_bias=False,
+                        dynamic_pos_bias=True, mask_padding=mask_padding)
+    ref, out, records = _run(m, torch.randn(1, H, W, 16))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    (rec,) = records
+
+    def axis(i):
+        if partition == "block":
+            return {j for j in range(i // G * G, i // G * G + G)}
+        region = i // (G * I) * (G * I)
+        return {region + t * I + i % I for t in range(G)}
+
+    for y in range(H):
+        for x in range(W):
+            w = rec.query_weights(y, x)
+            group = {(r, c) for r in axis(y) for c in axis(x)}
+            inside = torch.zeros(H, W, dtype=torch.bool)
+            for (r, c) in group:
+                if r < H and c < W:
+                    inside[r, c] = True
+            assert (w[:, ~inside] == 0).all() and (w[:, inside] > 0).all(), (y, x)
+            total = w.sum((1, 2))
+            if mask_padding or len(group) == inside.sum():
+                torch.testing.assert_close(total, torch.ones(2), atol=1e-5, rtol=0)
+            else:  # padded keys of the group kept part of the weight
+                assert (total < 1 - 1e-6).all(), (y, x)
+
+
 def test_swin_shifted_windows():
     torch.manual_seed(5)
     H = W = 6
@@ -214,6 +250,35 @@ def test_global_agent_and_channel_records():
         rec.query_weights(0, 0)
 
 
+@pytest.mark.parametrize("prefix", [0, 1])
+def test_inline_linear_weights_equal_the_papers_formula(prefix):
+    """InLine attention (Han et al. 2024, Eq. 5): ``A_ij = (q_i.k_j - mean_s q_i.k_s) * scale / N
+    + 1/N`` recomputed here from the projections' q and k; every row sums to 1; capture keeps the
+    output (the module computes it as ``q (K_c^T V)`` without the matrix)."""
+    from visionattn.layers import InLineAttention
+
+    torch.manual_seed(8)
+    H, W, C, heads = 4, 5, 16, 2
+    m = InLineAttention(C, heads, num_prefix_tokens=prefix).eval()
+    qkv = []
+    m.qkv.register_forward_hook(lambda mod, i, o: qkv.append(o))
+    N = prefix + H * W
+    x = torch.randn(2, N, C)
+    ref, out, (rec,) = _run(m, x, (H, W))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert rec.kind == "linear" and rec.size == (H, W)
+    q, k, _ = qkv[-1][0].reshape(N, 3, C).unbind(1)
+    d = C // heads
+    for h in range(heads):
+        sl = slice(h * d, (h + 1) * d)
+        dots = q[:, sl] @ k[:, sl].T  # (N, N)
+        want = (dots - dots.mean(1, keepdim=True)) * d ** -0.5 / N + 1.0 / N
+        torch.testing.assert_close(rec.data["attn"][0, h], want, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(want.sum(1), torch.ones(N), atol=1e-5, rtol=0)
+        for (y, xx) in [(0, 0), (3, 4)]:  # query_weights: the patch keys of the query's row
+            torch.testing.assert_close(rec.query_weights(y, xx)[h], want[prefix + y * W + xx, prefix:].view(H, W))
+
+
 TINY = {
     "nat_mini": dict(depths=(1, 1, 1, 1), embed_dim=16, num_heads=(1, 1, 2, 2)),
     "biformer_tiny": dict(depths=(1, 1, 1, 1), embed_dims=(32, 32, 64, 64)),
@@ -223,6 +288,8 @@ TINY = {
     "agent_swin_tiny": dict(depths=(1, 1, 2, 1), img_size=64, embed_dim=16, num_heads=(1, 1, 2, 2)),
     "agent_pvt_tiny": dict(depths=(1, 1, 1, 1), img_size=64, embed_dims=(16, 32, 32, 64), num_heads=(1, 1, 2, 2)),
     "agent_deit_tiny": dict(depth=3, agent_layers=2, img_size=64, embed_dim=64, num_heads=2),
+    "crossformer_tiny": dict(depths=(1, 2, 1, 1), embed_dim=16, num_heads=(1, 1, 2, 2)),
+    "inline_swin_tiny": dict(depths=(1, 1, 2, 1), img_size=64, embed_dim=16, num_heads=(1, 1, 2, 2)),
 }
 SLOW_FAMILIES = {"maxvit_tiny", "davit_tiny_va", "agent_swin_tiny"}  # their mixers are covered quickly above
 

@@ -24,6 +24,8 @@ Three tools, each drawn as a PNG grid with matplotlib by :mod:`visionattn.tools.
     stripes, then horizontal);
   - ``global`` (MHSA, ViT-rpb, BiFormer's last stage, timm ``Attention``): ``attn (B, heads,
     P+N, P+N)`` with ``P`` prefix tokens;
+  - ``linear`` (InLine attention): ``attn (B, heads, P+N, P+N)``, the injective linear weights
+    (rows sum to 1, entries may be negative; drawn on a diverging scale);
   - ``agent`` (Agent attention): ``agent_attn (B, m, n, P+N)`` and ``query_attn (B, m, P+N, n)``;
     the query -> key map is their product;
   - ``channel`` (DaViT channel groups): ``attn (B, G, C_g, C_g)``; not spatial, drawn as the
@@ -87,7 +89,7 @@ class AttentionRecord:
 
     @property
     def kind(self) -> str:
-        """``neighborhood``, ``routing``, ``windows``, ``stripes``, ``global``, ``agent`` or ``channel``."""
+        """``neighborhood``, ``routing``, ``windows``, ``stripes``, ``global``, ``linear``, ``agent`` or ``channel``."""
         return self.data["kind"]
 
     @property
@@ -152,7 +154,7 @@ class AttentionRecord:
         if kind == "stripes":
             return torch.cat([_window_query(b["attn"][batch], b["pos"], y * W + x, H, W) for b in d["branches"]])
         P = int(d.get("prefix", 0))
-        if kind == "global":
+        if kind in ("global", "linear"):
             row = d["attn"][batch, :, P + y * W + x].detach().float()
         elif kind == "agent":
             qa = d["query_attn"][batch, :, P + y * W + x].detach().float()  # (m, n)
@@ -476,9 +478,13 @@ def plot_attention(rgb: np.ndarray, maps: List[Dict[str, Any]], query: Tuple[flo
             ax.set_title(label + " (C x C)", fontsize=7)
             continue
         w = m["weights"].mean(0)  # heads averaged: still a distribution over keys
-        heat = _overlay(w / w.max().clamp(min=1e-12), size)
         ax.imshow(rgb.mean(-1), cmap="gray", vmin=0, vmax=1)
-        ax.imshow(np.ma.masked_where(heat <= 0, heat), cmap="turbo", alpha=0.6, vmin=0, vmax=1)
+        if rec.kind == "linear":  # signed weights (InLine): blue below zero, red above
+            heat = _overlay(w / w.abs().max().clamp(min=1e-12), size)
+            ax.imshow(heat, cmap="coolwarm", alpha=0.6, vmin=-1, vmax=1)
+        else:
+            heat = _overlay(w / w.max().clamp(min=1e-12), size)
+            ax.imshow(np.ma.masked_where(heat <= 0, heat), cmap="turbo", alpha=0.6, vmin=0, vmax=1)
         ax.plot([query[1]], [query[0]], marker="+", color="white", markersize=9, mew=2)
         ax.set_title(f"{label} {rec.size[0]}x{rec.size[1]}", fontsize=7)
     _save(fig, plt, path, title)

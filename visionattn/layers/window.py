@@ -331,14 +331,13 @@ class WindowAttention(nn.Module):
             ``w`` slot ``s`` holds token ``pos[w, s]`` (row-major index into the ``H x W`` map, -1 for
             a padded slot), windows in the partition's order (after Swin's roll when shifted).
 
-        Raises:
-            NotImplementedError: for CrossFormer's group windows (dynamic position bias, dilated
-                partition or ``fit_map``), whose explicit-softmax path is not written yet.
+        CrossFormer's group windows (dynamic position bias, the dilated ``"dilated"`` partition,
+        ``fit_map``) give the same ``"windows"`` record, their windows in the order of
+        :func:`_group_windows`; a padded slot that takes part unmasked (``mask_padding=False``, as
+        the official code) has ``pos`` -1, so its weight is dropped from the map.
         """
         if self._groups:
-            raise NotImplementedError(
-                "attention capture does not cover CrossFormer's group windows (dynamic position bias / dilated "
-                "partition) yet; the effective receptive field and Grad-CAM work for every model")
+            return self._forward_groups_attention(x)
         B, H, W, C = x.shape
         if self.partition == "global":
             q, k, v = self.qkv(x).reshape(B, H * W, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -372,6 +371,35 @@ class WindowAttention(nn.Module):
         record = {"kind": "windows", "attn": attn.view(B, -1, self.num_heads, N, N), "pos": pos, "size": (H, W),
                   "partition": self.partition, "window": P, "shift": S}
         return self.proj_drop(self.proj(out)), record
+    def _forward_groups_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        """:meth:`_forward_groups` through the explicit softmax, with the slot positions
+        (:meth:`forward_attention`'s ``"windows"`` record)."""
+        B, H, W, C = x.shape
+        P = self.window_size
+        if self.mask_padding:
+            win = _group_windows(self.qkv(x), H, W, P, self.partition, self.interval, self.fit_map)
+        else:
+            win = self.qkv(_group_windows(x, H, W, P, self.partition, self.interval, self.fit_map))
+        # where each slot comes from: the same padding and partition applied to token indices
+        pos = torch.arange(1, H * W + 1, device=x.device, dtype=torch.float64).view(1, H, W, 1)
+        pos = _group_windows(pos, H, W, P, self.partition, self.interval, self.fit_map)
+        Bw, gh, gw = win.shape[0], win.shape[1], win.shape[2]
+        pos = pos.reshape(-1, gh * gw).long() - 1  # (nW, N)
+        q, k, v = win.reshape(Bw, gh * gw, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        bias: Optional[torch.Tensor] = None
+        if self.dpb is not None:
+            bias = self.dpb(gh, gw)
+        elif self.rpb is not None:
+            bias = relative_position_bias(self.rpb, gh, gw)
+        mask = _group_mask(bias, q, H, W, P, self.partition, self.interval, self.fit_map, self.mask_padding, B)
+        logits = (q * self.scale) @ k.transpose(-2, -1)
+        attn = (logits if mask is None else logits + mask).softmax(dim=-1)  # (B * nW, heads, N, N)
+        out = (attn @ v).transpose(1, 2).reshape(Bw, gh, gw, C)
+        out = _group_reverse(out, H, W, P, self.partition, self.interval, self.fit_map)
+        record = {"kind": "windows", "attn": attn.view(B, -1, self.num_heads, gh * gw, gh * gw), "pos": pos,
+                  "size": (H, W), "partition": self.partition, "window": (gh, gw), "shift": (0, 0)}
+        return self.proj_drop(self.proj(out)), record
+
     def _forward_groups(self, x: torch.Tensor) -> torch.Tensor:
         """Block / grid / dilated windows of a size that may follow the map (DPB, ``fit_map``)."""
         B, H, W, C = x.shape
