@@ -113,6 +113,19 @@ def check_token_input(x: torch.Tensor, num_prefix_tokens: int, grid: Optional[Tu
             raise ValueError(f"{owner}: {N} tokens but grid {H}x{W} + {P} prefix token(s) = {P + H * W}")
 
 
+def token_sequence(
+    x: torch.Tensor, num_prefix_tokens: int, grid: Optional[Tuple[int, int]], owner: str
+) -> Tuple[torch.Tensor, int, int]:
+    """:func:`check_token_input`, then the tokens as one sequence: ``(x_seq, H, W)`` with
+    ``x_seq`` ``(B, P + H*W, C)``: an NHWC map ``(B, H, W, C)`` flattened row-major (``P = 0``), a
+    sequence returned as given with ``(H, W) = grid``. Raises what :func:`check_token_input` raises."""
+    check_token_input(x, num_prefix_tokens, grid, owner)
+    if grid is None:
+        B, H, W, C = x.shape
+        return x.reshape(B, H * W, C), H, W
+    return x, grid[0], grid[1]
+
+
 @register_notrace_function  # a leaf of FX graphs: it branches on device and autograd state
 def _agent_attend(
     agents: torch.Tensor, qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, scale: float, drop: float
@@ -289,16 +302,10 @@ class AgentAttention(nn.Module):
         return b1, b2
 
     def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-        check_token_input(x, self.num_prefix_tokens, grid, "AgentAttention")
         P = self.num_prefix_tokens
         nhwc = grid is None
-        if grid is None:
-            B, H, W, C = x.shape
-            x = x.reshape(B, H * W, C)
-        else:
-            H, W = grid[0], grid[1]
-            B, N, C = x.shape
-        N = x.shape[1]
+        x, H, W = token_sequence(x, P, grid, "AgentAttention")
+        B, N, C = x.shape
         m, d, n = self.num_heads, self.head_dim, self.agent_num
         if hasattr(self, "q"):  # split_qkv (hasattr: TorchScript compiles only the branch this module has)
             q = self.q(x)
@@ -336,16 +343,10 @@ class AgentAttention(nn.Module):
             query -> key map is ``query_attn @ agent_attn`` (rows sum to 1); the DWC term on V is
             not attention and is not part of it.
         """
-        check_token_input(x, self.num_prefix_tokens, grid, "AgentAttention")
         P = self.num_prefix_tokens
         nhwc = grid is None
-        if grid is None:
-            B, H, W, C = x.shape
-            x = x.reshape(B, H * W, C)
-        else:
-            H, W = grid[0], grid[1]
-            B, N, C = x.shape
-        N = x.shape[1]
+        x, H, W = token_sequence(x, P, grid, "AgentAttention")
+        B, N, C = x.shape
         m, d, n = self.num_heads, self.head_dim, self.agent_num
         if hasattr(self, "q"):
             q = self.q(x)

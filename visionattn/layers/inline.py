@@ -40,7 +40,7 @@ from torch import nn
 from timm.layers import register_notrace_function
 
 from ..ops._trace import is_exporting
-from .agent import check_token_input
+from .agent import token_sequence
 
 __all__ = ["InLineAttention", "dynamic_dwconv3x3", "KERNEL_FUNCS"]
 
@@ -95,7 +95,6 @@ def dynamic_dwconv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y.reshape(B, C, H, W).permute(0, 2, 3, 1)
 
 
-torch.fx.wrap("check_token_input")  # the shared input checks stay a call in FX graphs
 torch.fx.wrap("dynamic_dwconv3x3")
 
 
@@ -185,15 +184,9 @@ class InLineAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None, context: Optional[torch.Tensor] = None) -> torch.Tensor:
-        check_token_input(x, self.num_prefix_tokens, grid, "InLineAttention")
         nhwc = grid is None
-        if grid is None:
-            B, H, W, C = x.shape
-            x = x.reshape(B, H * W, C)
-        else:
-            H, W = grid[0], grid[1]
-            B, N, C = x.shape
-        N = x.shape[1]
+        x, H, W = token_sequence(x, self.num_prefix_tokens, grid, "InLineAttention")
+        B, N, C = x.shape
         qh, kh, vh, v = self._heads(x)
         kt = kh.transpose(-2, -1)  # (B, m, d, N): the centred copy is made in this layout, so K^T V needs no copy
         kv = ((kt - kt.mean(dim=-1, keepdim=True)) @ vh) * (self.scale / N)  # (B, m, d, d)
@@ -250,16 +243,10 @@ class InLineAttention(nn.Module):
         Returns:
             ``(out, {"kind": "linear", "attn": (B, heads, P+N, P+N), "size": (H, W), "prefix": P})``.
         """
-        check_token_input(x, self.num_prefix_tokens, grid, "InLineAttention")
         P = self.num_prefix_tokens
         nhwc = grid is None
-        if grid is None:
-            B, H, W, C = x.shape
-            x = x.reshape(B, H * W, C)
-        else:
-            H, W = grid[0], grid[1]
-            B, N, C = x.shape
-        N = x.shape[1]
+        x, H, W = token_sequence(x, P, grid, "InLineAttention")
+        B, N, C = x.shape
         qh, kh, vh, v = self._heads(x)
         logits = qh @ kh.transpose(-2, -1)  # (B, m, N, N)
         attn = (logits - logits.mean(dim=-1, keepdim=True)) * (self.scale / N) + 1.0 / N
