@@ -23,15 +23,20 @@ dynamic trace of a large model costs minutes.
 Rows are appended to ``OUT.csv`` after every model and ``OUT.md`` (command, machine, versions,
 table, models not yet run) is rewritten; a model already in the CSV is skipped, so an
 interrupted run continues where it stopped. The ``.onnx`` files are deleted after each model
-(``--keep`` keeps them). Usage::
+(``--keep`` keeps them). Two processes can share the work (one core each): the second is started
+with ``--reverse`` (largest model first) and the same ``--out`` and ``--workdir``; each takes a
+model by creating ``WORKDIR/NAME.claim`` and re-reads the table (under a file lock) before each
+model and before writing its row. Usage::
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/export.py [--models 'dinat_*' ...] [--mixernet]
-        [--threads 1] [--repeats 3] [--timeout 3600] [--out benchmarks/results/export]
+        [--threads 1] [--repeats 3] [--timeout 3600] [--out benchmarks/results/export] [--reverse]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import fcntl
 import fnmatch
 import json
 import os
@@ -183,6 +188,28 @@ def write_md(path: Path, rows: List[Dict], pending: List[str], command: str, hea
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def _locked(csv_path: Path):
+    """An exclusive ``flock`` on ``OUT.csv.lock`` while rows are read or written, so that two
+    processes (one with ``--reverse``) can share a table."""
+    with open(csv_path.with_suffix(".csv.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _claim(workdir: Path, name: str) -> bool:
+    """Take ``name`` for this process (``WORKDIR/NAME.claim``, created exclusively); False when
+    another process has it. A claim left by a killed run is removed by hand."""
+    try:
+        os.close(os.open(workdir / f"{name}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
 def read_command(md_path: Path) -> str:
     """The command recorded in an existing ``OUT.md`` (the line after the opening bash fence)."""
     if not md_path.exists():
@@ -202,6 +229,8 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", help="folder of the .onnx files (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the .onnx files")
     p.add_argument("--md-only", action="store_true", help="rewrite OUT.md from OUT.csv (keeping its command) and stop")
+    p.add_argument("--reverse", action="store_true",
+                   help="largest model first (a second process with --reverse shares the work with a first one)")
     p.add_argument("--no-family-shortcut", action="store_true",
                    help="try dynamic height/width for every model, not only for the first of each family")
     args = p.parse_args(argv)
@@ -211,14 +240,17 @@ def main(argv=None) -> int:
     import torch
 
     names, sizes = model_list(args.models, args.mixernet)
+    if args.reverse:
+        names = names[::-1]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out.with_suffix(".csv"), out.with_suffix(".md")
     rows = read_rows(csv_path)
-    done = {r["model"] for r in rows}
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="visionattn_export_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    command = "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/export.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    # The table's command: a --reverse process shares the work of the same command.
+    command = "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/export.py " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:]) if a != "--reverse")
     header = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores ({platform.processor() or platform.platform()})",
         "versions": f"torch {torch.__version__}, onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}, "
@@ -251,7 +283,13 @@ def main(argv=None) -> int:
         if "height" not in r.get("dynamic", "") and r.get("exporter"):
             fixed_hw.setdefault(family(r["model"]), r["model"])
     for name in names:
-        if name in done:
+        # Rows another process (a --reverse run on the same OUT and --workdir) added since.
+        with _locked(csv_path):
+            rows = read_rows(csv_path)
+        for r in rows:
+            if "height" not in r.get("dynamic", "") and r.get("exporter"):
+                fixed_hw.setdefault(family(r["model"]), r["model"])
+        if name in {r["model"] for r in rows} or not _claim(workdir, name):
             continue
         onnx_path = workdir / f"{name}.onnx"
         cmd = [sys.executable, "-m", "visionattn.tools.export", "--model", name, "--output", str(onnx_path),
@@ -277,15 +315,17 @@ def main(argv=None) -> int:
             row["note"] = " | ".join(n for n in (short, row.get("note")) if n)
         if row.get("exporter") and "height" not in row.get("dynamic", ""):
             fixed_hw.setdefault(family(name), name)
-        rows.append(row)
+        with _locked(csv_path):
+            rows = [r for r in read_rows(csv_path) if r["model"] != name] + [row]
+            write_rows(csv_path, rows)
+            write_md(md_path, rows, pending(), command, header)
+        (workdir / f"{name}.claim").unlink(missing_ok=True)
         print(f"    {row['status']} in {time.perf_counter() - t0:.0f} s: "
               + ", ".join(f"{k} {row.get(k)}" for k in ("exporter", "dynamic", "diff_export", "diff_odd", "ort_ms", "eager_ms")),
               flush=True)
         if not args.keep:
             for f in workdir.glob(f"{name}.onnx*"):
                 f.unlink()
-        write_rows(csv_path, rows)
-        write_md(md_path, rows, pending(), command, header)
     if not args.workdir and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
