@@ -40,7 +40,25 @@ def _input_size(model):
     return model.pretrained_cfg["input_size"]
 
 
-@pytest.mark.parametrize("name", visionattn.list_models())
+def _smallest_per_family():
+    """The smallest model (meta-device parameter count) of each model module."""
+    best = {}
+    for n in visionattn.list_models():
+        with torch.device("meta"):
+            size = sum(p.numel() for p in timm.create_model(n).parameters())
+        fam = timm.models._registry._model_to_module[n]
+        if fam not in best or size < best[fam][0]:
+            best[fam] = (size, n)
+    return {n for _, n in best.values()}
+
+
+_QUICK_FACTORY = _smallest_per_family()
+
+
+# The smallest model of each family in the quick set, the rest in the slow set (CI runs both): the
+# dtype/device plumbing is per family code, and 118 meta builds cost about 100 s of the quick set.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in _QUICK_FACTORY else pytest.mark.slow)
+                                  for n in visionattn.list_models()])
 def test_factory_device_dtype_on_meta(name):
     """Every model: ``device='meta', dtype=bfloat16`` without a device context."""
     ref = timm.create_model(name, device="meta")  # float32 reference for the buffers' dtypes

@@ -38,7 +38,11 @@ def _meta_params(name, **kw):
     return m, sum(p.numel() for p in m.parameters())
 
 
-_SIZES = {n: _meta_params(n, num_classes=1000)[1] for n in MODELS}
+# Every model built once on the meta device (1000 classes, as the official tables count): its
+# parameter count orders the quick/slow split and is the count test_parameter_count_matches_official
+# checks; the read-only cfg test reuses the module.
+_META = {n: _meta_params(n, num_classes=1000) for n in MODELS}
+_SIZES = {n: size for n, (_, size) in _META.items()}
 SMALLEST = {}
 for n in MODELS:
     f = _family(n)
@@ -77,7 +81,7 @@ def test_registry_lists_every_family_and_overwrites_nothing():
 def test_parameter_count_matches_official(name):
     assert name in PARAMS, f"{name} has no official parameter count in tests/data/param_counts.json"
     want, dec = PARAMS[name]
-    _, n = _meta_params(name, num_classes=1000)
+    n = _SIZES[name]
     assert round(n / 1e6, dec) == round(want, dec), f"{name}: {n / 1e6:.4f}M, official {want}M"
 
 
@@ -85,8 +89,7 @@ def test_parameter_count_matches_official(name):
 def test_pretrained_cfg_complete(name):
     cfg = timm.models.get_pretrained_cfg(name)
     assert cfg is not None, f"{name} has no pretrained cfg"
-    with torch.device("meta"):
-        m = timm.create_model(name)
+    m = _META[name][0]  # built with num_classes=1000, the default of every pretrained cfg
     # plain (ViT-like) models have no pooled map: pool_size None, as timm's ViT cfgs
     fields = ("input_size", "min_input_size", "crop_pct", "interpolation", "mean", "std", "first_conv", "classifier", "license", "origin_url")
     for field in fields + (() if _plain(m) else ("pool_size",)):
@@ -171,7 +174,12 @@ def test_features_only(name):
     assert [k for k, p in m.named_parameters() if p.grad is None] == []
 
 
-@pytest.mark.parametrize("name", sorted(SMALLEST.values()))
+# The three slowest (over 10 s each on a 2-core machine) run in the slow set.
+DEFAULT_SIZE_SLOW = {"maxvit_tiny", "cswin_tiny", "crossformerpp_small"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow if n in DEFAULT_SIZE_SLOW else ())
+                                  for n in sorted(SMALLEST.values())])
 def test_smallest_of_family_at_default_size_train_step_and_export(name):
     cfg = timm.models.get_pretrained_cfg(name)
     m = timm.create_model(name, num_classes=5)
@@ -200,11 +208,16 @@ def test_too_small_input_raises(name):
 # family and sub-family, at a size that is no multiple of any window / region / stripe (so every
 # padding branch is in the traced graph). Each traced or scripted model is held to the eager one.
 
-TRACE_MODELS = [
+TRACE_NAMES = [
     "nat_mini", "dinat_mini", "dinat_s_tiny", "nat_isotropic_small", "vitrpb_small", "biformer_tiny",
     "maxvit_tiny", "cswin_tiny", "davit_tiny_va", "agent_pvt_tiny", "agent_deit_tiny", "agent_swin_tiny",
     "agent_cswin_tiny", "van_b0", "crossformer_tiny",
 ]
+# The quick set traces one model per mixer and body; these four combine a mixer and a body that
+# other quick cases cover (DiNA = NA's op with a dilation; NA in the plain and Swin-layout bodies;
+# agent attention in the CSWin body) and run in the slow set (CI runs both).
+TRACE_SLOW = {"dinat_mini", "dinat_s_tiny", "nat_isotropic_small", "agent_cswin_tiny"}
+TRACE_MODELS = [pytest.param(n, marks=pytest.mark.slow if n in TRACE_SLOW else ()) for n in TRACE_NAMES]
 TRACE_SIZE = (1, 3, 72, 88)
 
 
@@ -311,7 +324,7 @@ def test_fx_graph_then_torchscript(name):
         torch.testing.assert_close(s(x)[last], m(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n == "davit_tiny_va" else pytest.mark.slow) for n in TRACE_MODELS])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n == "davit_tiny_va" else pytest.mark.slow) for n in TRACE_NAMES])
 def test_compile_without_graph_breaks(name):
     """Dynamo captures the whole forward as one graph (issue #19 item 7): ``fullgraph=True`` with
     the ``eager`` backend (dynamo's tracing only, no code generation, to keep this cheap), at a
@@ -453,7 +466,11 @@ def test_runs_at_min_input_size(name):
 # ------------------------------------------------------------------------------------------------
 # Plain models shaped like timm's VisionTransformer (issue #19.4)
 
-PLAIN = [n for n in MODELS if n.startswith(("agent_deit_", "nat_isotropic_", "dinat_isotropic_", "vitrpb_"))]
+PLAIN_NAMES = [n for n in MODELS if n.startswith(("agent_deit_", "nat_isotropic_", "dinat_isotropic_", "vitrpb_"))]
+# quick set: the smallest plain model of each kind; the rest in the slow set
+_PLAIN_QUICK = {min((n for n in PLAIN_NAMES if n.startswith(p)), key=_SIZES.get)
+                for p in ("agent_deit_", "nat_isotropic_", "dinat_isotropic_", "vitrpb_")}
+PLAIN = [pytest.param(n, marks=() if n in _PLAIN_QUICK else pytest.mark.slow) for n in PLAIN_NAMES]
 
 
 def _layout(out, width):
@@ -487,7 +504,7 @@ def test_plain_models_follow_timm_vit_layout(name):
     assert timm.models.get_pretrained_cfg(name).pool_size is None
 
 
-@pytest.mark.parametrize("name", sorted({n for n in PLAIN if _SIZES[n] <= REAL_FAST_MAX_PARAMS}))
+@pytest.mark.parametrize("name", sorted({n for n in PLAIN_NAMES if _SIZES[n] <= REAL_FAST_MAX_PARAMS}))
 def test_plain_model_tokens_real(name):
     """The class token is ``feats[:, 0]`` (what the head reads), ``'avg'`` pools the patch tokens
     only, and NLC / NCHW intermediates are the same patch tokens as the final ones."""
