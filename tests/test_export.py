@@ -145,26 +145,47 @@ def test_dynamic_hw_trace_past_its_time_limit_falls_back_to_fixed_hw(tmp_path, c
     assert rep["dynamic_axes"] == ["batch"] and "did not finish within 1 s" in rep["dynamic_hw_note"]
 
 
-def test_features_only_neighborhood_fixed_hw_dynamic_batch(tmp_path, capsys):
-    """NA keeps its index plans in Python, so height/width are fixed (and said so); the batch is
-    dynamic; one named output per tap, equal to timm's feature extractor."""
+def test_features_only_neighborhood_dynamic_hw_pads_small_maps(tmp_path, capsys):
+    """Neighborhood attention exports with a dynamic height/width (its windows are tensor
+    arithmetic on the map size under torch.export); one named output per tap, equal to timm's
+    feature extractor at the export size and at sizes whose stage maps are smaller than the
+    window (padded) and larger."""
     out = tmp_path / "na_feats.onnx"
     items = ["mixers=na"] + TINY
     rc = export_tool.cli(["--model", "mixernet_tiny", "--model-kwargs", *items, "--img-size", "50", "70",
                           "--features-only", "--out-indices", "1", "3", "--output", str(out), "--repeats", "0"])
     text = capsys.readouterr().out
     assert rc == 0, text
-    assert "height/width cannot be dynamic" in text and "skipped: the graph has a fixed 50x70 input" in text
     rep = json.loads(out.with_suffix(".json").read_text())
-    assert rep["dynamic_axes"] == ["batch"] and rep["dynamic_hw_note"] and rep["custom_ops"] == []
+    assert rep["dynamic_axes"] == ["batch", "height", "width"] and rep["custom_ops"] == [] and rep["ok"]
     assert _standard_ops_only(out)[0]
     sess = _session(out)
     assert [o.name for o in sess.get_outputs()] == ["stages_1", "stages_3"]
     model = _eager("mixernet_tiny", items, img_size=(50, 70), features_only=True, out_indices=(1, 3))
+    (hlo, _), (wlo, _) = rep["hw_range"]
+    for b, h, w in ((1, 50, 70), (3, 50, 70), (2, max(hlo, 70), max(wlo, 45)), (1, 250, 170)):
+        # at 70x45 the stride-16/32 maps (5x3, 3x2) are smaller than the 7x7 window: padded
+        assert _compare(sess, model, b, h, w) < 1e-4, (b, h, w)
+
+
+def test_fixed_hw_model_is_exported_with_a_dynamic_batch_and_says_why(tmp_path, capsys):
+    """Agent attention's tables are sized for one map (a ``== size`` guard), so height/width are
+    fixed (and said so); the batch is dynamic and another size is refused by ONNX Runtime."""
+    out = tmp_path / "agent.onnx"
+    items = ["mixers=agent"] + TINY
+    rc = export_tool.cli(["--model", "mixernet_tiny", "--model-kwargs", *items, "--img-size", "64",
+                          "--output", str(out), "--repeats", "0"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "height/width cannot be dynamic" in text and "skipped: the graph has a fixed 64x64 input" in text
+    rep = json.loads(out.with_suffix(".json").read_text())
+    assert rep["dynamic_axes"] == ["batch"] and rep["dynamic_hw_note"] and rep["custom_ops"] == []
+    sess = _session(out)
+    model = _eager("mixernet_tiny", items, img_size=64)
     for b in (1, 3):
-        assert _compare(sess, model, b, 50, 70) < 1e-4
+        assert _compare(sess, model, b, 64, 64) < 1e-4
     with pytest.raises(Exception, match="(?i)dimension|shape"):
-        sess.run(None, {"input": np.zeros((1, 3, 64, 64), np.float32)})
+        sess.run(None, {"input": np.zeros((1, 3, 96, 96), np.float32)})
 
 
 def test_unknown_model_is_a_usage_error(tmp_path, capsys):
@@ -191,7 +212,7 @@ def test_size_below_min_input_size(tmp_path, capsys):
 
 
 def test_dynamic_hw_refused_where_the_model_cannot(tmp_path, capsys):
-    rc = export_tool.cli(["--model", "mixernet_tiny", "--model-kwargs", "mixers=na", *TINY, "--img-size", "64",
+    rc = export_tool.cli(["--model", "mixernet_tiny", "--model-kwargs", "mixers=agent", *TINY, "--img-size", "64",
                           "--dynamic", "hw", "--output", str(tmp_path / "m.onnx")])
     assert rc == 2
     assert "--dynamic hw: the model's graph cannot take a dynamic height/width" in capsys.readouterr().err

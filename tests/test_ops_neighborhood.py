@@ -307,3 +307,28 @@ def test_layer_backends_agree_and_unknown_backend_is_rejected():
             torch.testing.assert_close(m(x), want, rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="unknown backend"):
         NeighborhoodAttention2d(16, 2, 5, backend="cuda")
+
+
+@pytest.mark.parametrize("K, d, qkv_bias, rel_pos_bias", [(5, 1, True, True), (3, 3, True, True), (5, 2, False, False)])
+def test_layer_exported_with_dynamic_hw_matches_eager_padding_included(K, d, qkv_bias, rel_pos_bias):
+    """Under ``torch.export`` with a symbolic height/width the layer takes its export path (the
+    gather formulation, windows as tensor arithmetic, the padded keys/values appended as the qkv
+    bias instead of a branch on the size). One graph then matches the eager tiled path at maps
+    smaller than ``K * d`` on either axis (padded, as NATTEN 0.14) and larger, odd sizes included."""
+    from torch.export import Dim
+
+    from visionattn.layers.neighborhood import NeighborhoodAttention2d
+
+    torch.manual_seed(0)
+    layer = NeighborhoodAttention2d(16, 2, K, d, qkv_bias=qkv_bias, rel_pos_bias=rel_pos_bias).eval()
+    if rel_pos_bias:
+        torch.nn.init.normal_(layer.rpb, std=1.0)  # a table far from zero, so a wrong bias index shows
+    x = torch.randn(2, 13, 17, 16)
+    ep = torch.export.export(layer, (x,), dynamic_shapes=({0: Dim("b", max=8), 1: Dim("h", min=2, max=512),
+                                                           2: Dim("w", min=2, max=512)},), strict=False)
+    graph = ep.module()
+    span = K * d
+    for B, H, W in ((1, 2, 3), (2, span - 1, span + 4), (3, 13, 17), (1, 2 * span + 3, span), (2, 31, 2)):
+        x = torch.randn(B, H, W, 16)
+        with torch.no_grad():
+            torch.testing.assert_close(graph(x), layer(x), rtol=1e-5, atol=1e-5, msg=lambda m: f"{(B, H, W)}: {m}")

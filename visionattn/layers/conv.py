@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import DropPath, SEModule, create_conv2d, create_pool2d, get_norm_act_layer, make_divisible
 
-from ..ops._trace import pad_nchw, pad_nhwc
+from ..ops._trace import has_symbolic_hw, pad_nchw, pad_nhwc
 
 torch.fx.wrap("pad_nchw")  # shape-dependent padding stays a leaf of FX graphs (see ops/_trace.py)
 torch.fx.wrap("pad_nhwc")
@@ -111,7 +111,14 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * dim, dim_out, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = pad_nhwc(x, 2, 2)
+        if has_symbolic_hw(x):
+            # torch.export with a dynamic height/width: the padded size written as ``2 * ceil(H / 2)``,
+            # so that the split below is provably exact (``pad_nhwc``'s ``H + (2 - H % 2) % 2`` is the
+            # same number, but torch cannot prove it even)
+            B, H, W, C = x.shape
+            x = F.pad(x, [0, 0, 0, 2 * ((W + 1) // 2) - W, 0, 2 * ((H + 1) // 2) - H])
+        else:
+            x = pad_nhwc(x, 2, 2)
         B, H, W, C = x.shape
         # (B, H/2, 2 [row offset], W/2, 2 [col offset], C) -> channel order (col, row): x0, x1, x2, x3
         x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)

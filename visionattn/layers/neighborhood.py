@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import trunc_normal_
 
-from ..ops._trace import crop_nhwc, pad_nhwc_min
-from ..ops.neighborhood import _BACKENDS, na2d, na2d_with_weights
+from ..ops._trace import crop_nhwc, has_symbolic_hw, pad_nhwc_min
+from ..ops.neighborhood import _BACKENDS, _na2d_gather, na2d, na2d_with_weights
 
 # leaves of FX graphs: the padding decision and the attention op (whose tiling plan depends on the
 # map size) run at call time (see ops/_trace.py)
@@ -88,6 +88,8 @@ class NeighborhoodAttention2d(nn.Module):
         return f"num_heads={self.num_heads}, kernel_size={self.kernel_size}, dilation={self.dilation}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if has_symbolic_hw(x):
+            return self._forward_export(x)
         B, H, W, C = x.shape
         span = self.kernel_size * self.dilation
         x = pad_nhwc_min(x, span, span)
@@ -97,6 +99,38 @@ class NeighborhoodAttention2d(nn.Module):
         x = na2d(q, k, v, self.kernel_size, self.dilation, self.rpb, self.scale, self.backend, None)  # all arguments: TorchScript
         x = crop_nhwc(x.reshape(B, Hp, Wp, C), H, W)
         return self.proj_drop(self.proj(x))
+
+    @torch.jit.unused
+    def _forward_export(self, x):  # no annotations: TorchScript reads an unused method's as strings here
+        """:meth:`forward` under ``torch.export`` with a symbolic height/width (an export whose
+        height/width are fixed runs :meth:`forward`'s tiled path, which ONNX Runtime runs faster).
+
+        The padding of maps smaller than ``K * d`` is a decision on the size (and a padded size
+        ``max(H, K*d)`` in a shape makes torch's shape reasoning fail on later reshapes), so here
+        nothing is decided: ``qkv`` runs on the ``H x W`` tokens, the keys and values of the zero
+        tokens a padded map would add (the qkv bias) are appended, ``K * d`` rows and columns of
+        them, always, and each query's window is computed for an axis of
+        ``max(L, K * d)`` tokens as a value (:func:`~visionattn.ops.neighborhood._na2d_gather`).
+        The padded queries, which :meth:`forward` crops, are not computed. Same numbers as
+        :meth:`forward`.
+        """
+        B, H, W, C = x.shape
+        nh, hd = self.num_heads, self.head_dim
+        span = self.kernel_size * self.dilation
+        q, k, v = self.qkv(x).reshape(B, H, W, 3, nh, hd).unbind(3)
+        if self.qkv.bias is not None:
+            fill_k, fill_v = self.qkv.bias.view(3, nh, hd)[1:].to(k.dtype).unbind(0)
+        else:
+            fill_k = fill_v = k.new_zeros(nh, hd)
+
+        def padded(t, fill):  # (B, H, W, nh, hd) -> (B, H + span, W + span, nh, hd)
+            t = torch.cat([t, fill.expand(B, span, W, nh, hd)], 1)
+            return torch.cat([t, fill.expand(B, H + span, span, nh, hd)], 2)
+
+        lengths = (torch.sym_max(H, span), torch.sym_max(W, span))
+        out = _na2d_gather(q, padded(k, fill_k), padded(v, fill_v), (self.kernel_size,) * 2, (self.dilation,) * 2,
+                           self.rpb, self.scale, lengths)[0]
+        return self.proj_drop(self.proj(out.reshape(B, H, W, C)))
 
     def forward_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, Any]]:
         """:meth:`forward` through the explicit softmax, returning the attention it used (inspection).

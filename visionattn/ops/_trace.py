@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch._subclasses.fake_tensor import FakeTensor
 
-__all__ = ["is_tracing", "is_exporting", "cache_context", "script_ignore", "pad_nhwc", "pad_nchw", "pad_nhwc_min", "crop_nhwc"]
+__all__ = ["is_tracing", "is_exporting", "has_symbolic_hw", "cache_context", "script_ignore", "pad_nhwc", "pad_nchw", "pad_nhwc_min", "crop_nhwc"]
 
 
 def cache_context(tracing: bool):
@@ -57,6 +57,16 @@ def is_exporting() -> bool:
         return False
     else:
         return torch.compiler.is_exporting()
+
+
+def has_symbolic_hw(x: torch.Tensor, h_dim: int = 1, w_dim: int = 2) -> bool:
+    """True inside ``torch.export`` when ``x``'s height or width (dims ``h_dim``, ``w_dim``) is
+    symbolic (an export with a dynamic height/width); False in eager mode, under TorchScript, under
+    ``torch.compile`` and in an export whose height/width are fixed (there sizes are ints)."""
+    if torch.jit.is_scripting():
+        return False
+    else:
+        return torch.compiler.is_exporting() and not (isinstance(x.shape[h_dim], int) and isinstance(x.shape[w_dim], int))
 
 
 # ------------------------------------------------------------------------------------------------

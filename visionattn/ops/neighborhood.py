@@ -24,6 +24,10 @@ Two implementations give the same numbers:
   queries move by at most one step), so attention becomes a batch of small dense problems with
   an additive bias/mask. Time and memory are ``O(H*W * (T+K-1)^2)``, linear in ``H*W``; no
   ``(H*W)^2`` matrix is formed. Index tables are per axis, ``O(L * (T+K-1))``, and cached.
+* the gather path (:func:`na2d_with_weights`, and :func:`na2d` under ``torch.export`` with a
+  symbolic height/width): each query's ``K x K`` keys gathered through :func:`neighborhood_indices`,
+  whose windows are tensor arithmetic on the map size, so an exported graph takes any size.
+  ``O(H*W * K^2)`` memory.
 * the flex path (``backend="flex"``): ``torch.nn.attention.flex_attention`` on the tokens
   reordered dilation-class-major (each residue class contiguous, so the window stays local in the
   sequence), a ``mask_mod`` encoding the exact window above, an rpb ``score_mod``, and a
@@ -40,7 +44,7 @@ import torch.nn.functional as F
 
 from timm.layers import register_notrace_function
 
-from ._trace import cache_context, is_tracing, script_ignore
+from ._trace import cache_context, has_symbolic_hw, is_tracing, script_ignore
 
 __all__ = [
     "na2d",
@@ -65,20 +69,28 @@ def _pair(x: IntOrPair, name: str) -> Tuple[int, int]:
     return t  # type: ignore[return-value]
 
 
-def window_start(length: int, kernel_size: int, dilation: int = 1) -> torch.Tensor:
+def window_start(length: int, kernel_size: int, dilation: int = 1, device: Union[str, torch.device] = "cpu") -> torch.Tensor:
     """Start (in class-local units) of each query's window along one axis.
 
+    Tensor arithmetic only (no Python branch on ``length``), so under ``torch.export`` a symbolic
+    ``length`` gives a graph that computes the windows of any size.
+
     Args:
-        length: axis length ``L`` (tokens).
+        length: axis length ``L`` (tokens; an int or a symbolic size).
         kernel_size: odd window size ``K``.
         dilation: dilation ``d`` with ``K * d <= L``.
+        device: where the result is made.
 
     Returns:
         int64 tensor ``(L,)``: for query ``i`` (class ``r = i % d``, local index ``i // d``), the
         local index of its first key; its keys are ``(start + a) * d + r`` for ``a < K``.
         Source: NATTEN v0.17.5 ``get_window_start`` (see module docstring).
     """
-    i = torch.arange(length, device="cpu")
+    return _window_start_of(torch.arange(length, device=device), length, kernel_size, dilation)
+
+
+def _window_start_of(i: torch.Tensor, length, kernel_size: int, dilation: int) -> torch.Tensor:
+    """:func:`window_start` of the positions ``i`` (int64 tensor) on an axis of ``length`` tokens."""
     r = i % dilation
     ip = i // dilation
     lr = (length - r + dilation - 1) // dilation
@@ -88,18 +100,24 @@ def window_start(length: int, kernel_size: int, dilation: int = 1) -> torch.Tens
     return s
 
 
-def neighborhood_indices(length: int, kernel_size: int, dilation: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Key positions and bias-table rows of every query along one axis.
+def neighborhood_indices(
+    length: int, kernel_size: int, dilation: int = 1, device: Union[str, torch.device] = "cpu", queries: Optional[int] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Key positions and bias-table rows of every query along one axis (made on ``device``; tensor
+    arithmetic only, as :func:`window_start`).
+
+    ``queries`` (default ``length``) limits the result to the first ``queries`` positions of an
+    axis of ``length`` tokens (the rest are padding whose outputs are cropped).
 
     Returns:
-        ``(keys, bias_idx)``, both int64 ``(L, K)``: ``keys[i, a]`` is the absolute position of the
-        ``a``-th key of query ``i``; ``bias_idx[i, a] = (keys[i, a] - i) / d + K - 1`` indexes the
-        ``2K-1`` axis of the relative position bias table.
+        ``(keys, bias_idx)``, both int64 ``(L, K)`` (``L = queries``): ``keys[i, a]`` is the absolute
+        position of the ``a``-th key of query ``i``; ``bias_idx[i, a] = (keys[i, a] - i) / d + K - 1``
+        indexes the ``2K-1`` axis of the relative position bias table.
     """
-    s = window_start(length, kernel_size, dilation)
-    i = torch.arange(length, device="cpu")
+    i = torch.arange(length if queries is None else queries, device=device)
+    s = _window_start_of(i, length, kernel_size, dilation)
     r = i % dilation
-    a = torch.arange(kernel_size, device="cpu")
+    a = torch.arange(kernel_size, device=device)
     local = s[:, None] + a[None, :]
     keys = local * dilation + r[:, None]
     bias_idx = local - (i // dilation)[:, None] + kernel_size - 1
@@ -642,6 +660,11 @@ def na2d(
         if why is not None:
             raise ValueError(f"na2d: backend={backend!r} cannot run these inputs: {why}")
         return _na2d_flex(q, k, v, ks, dil, rpb, scale, compiled=backend == "flex")
+    if has_symbolic_hw(q):
+        # torch.export with a symbolic height/width: the gather formulation, whose indices are
+        # tensor arithmetic on the map size, so the exported graph takes any height/width (the
+        # tiled path's plan and the full-window branch are Python decisions on the size).
+        return _na2d_gather(q, k, v, ks, dil, rpb, scale)[0]
     if _is_full_window(q.shape[1], q.shape[2], ks):
         return _na2d_full(q, k, v, ks, rpb, scale)
     tile = None if tile_size is None else _pair(tile_size, "tile_size")
@@ -673,27 +696,43 @@ def na2d_with_weights(
     Returns:
         ``(out, attn, keys_r, keys_c)``: ``out (B, H, W, heads, head_dim_v)`` (what :func:`na2d`
         returns), ``attn (B, heads, H, W, K_h * K_w)`` the softmax of query ``(i, j)`` over its keys
-        in row-major window order, ``keys_r (H, K_h)`` / ``keys_c (W, K_w)`` int64 the absolute
+        in row-major window order, ``keys_r (H, K_h)`` / ``keys_c (W, K_w)`` int64 (on q's device) the absolute
         rows / columns of those keys (key ``a * K_w + b`` of query ``(i, j)`` is
         ``(keys_r[i, a], keys_c[j, b])``).
 
     Raises:
         ValueError: see :func:`check_na2d_args`.
     """
-    (kh, kw), (dh, dw) = check_na2d_args(q, k, v, kernel_size, dilation, rpb)
+    ks, dil = check_na2d_args(q, k, v, kernel_size, dilation, rpb)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return _na2d_gather(q, k, v, ks, dil, rpb, scale)
+
+
+def _na2d_gather(q, k, v, ks, dil, rpb, scale, lengths=None):
+    """NA by gathering each query's ``K_h x K_w`` keys (:func:`neighborhood_indices`); returns what
+    :func:`na2d_with_weights` returns. ``O(H*W * K^2)`` memory; no Python branch on the map size
+    (used under ``torch.export``).
+
+    ``lengths`` ``(Lh, Lw)`` (default ``(H, W)`` of ``q``): the windows are those of an
+    ``Lh x Lw`` map of which ``q`` holds the first ``H x W`` queries; ``k``/``v`` hold at least
+    ``Lh x Lw`` tokens (a padded map whose padded queries are not computed).
+    """
+    (kh, kw), (dh, dw) = ks, dil
     B, H, W, nh, hd = q.shape
-    scale = hd ** -0.5 if scale is None else float(scale)
-    keys_r, bias_r = neighborhood_indices(H, kh, dh)
-    keys_c, bias_c = neighborhood_indices(W, kw, dw)
     dev = q.device
-    ir = keys_r.to(dev)[:, None, :, None]  # (H, 1, Kh, 1)
-    ic = keys_c.to(dev)[None, :, None, :]  # (1, W, 1, Kw)
-    kg = k[:, ir, ic]  # (B, H, W, Kh, Kw, heads, d)
-    vg = v[:, ir, ic]
-    logits = torch.einsum("bhwnd,bhwijnd->bnhwij", q * scale, kg)
+    Lh, Lw = (H, W) if lengths is None else lengths
+    keys_r, bias_r = neighborhood_indices(Lh, kh, dh, dev, queries=H)
+    keys_c, bias_c = neighborhood_indices(Lw, kw, dw, dev, queries=W)
+    ir = keys_r[:, None, :, None]  # (H, 1, Kh, 1)
+    ic = keys_c[None, :, None, :]  # (1, W, 1, Kw)
+    # Products and sums over aligned axes, no einsum/matmul: their internal reshapes of symbolic
+    # sizes leave guards (``(2*n) % n == 0``) that torch.export cannot prove.
+    kg = k[:, ir, ic].flatten(3, 4)  # (B, H, W, Kh*Kw, heads, d)
+    vg = v[:, ir, ic].flatten(3, 4)
+    logits = (q[:, :, :, None] * scale * kg).sum(-1)  # (B, H, W, Kh*Kw, heads)
     if rpb is not None:
-        bias = rpb[:, bias_r.to(dev)[:, None, :, None], bias_c.to(dev)[None, :, None, :]]  # (heads, H, W, Kh, Kw)
-        logits = logits + bias.to(logits.dtype)
-    attn = logits.reshape(B, nh, H, W, kh * kw).softmax(dim=-1)
-    out = torch.einsum("bnhwij,bhwijnd->bhwnd", attn.view(B, nh, H, W, kh, kw), vg)
-    return out, attn, keys_r, keys_c
+        bias = rpb.permute(1, 2, 0)[bias_r[:, None, :, None], bias_c[None, :, None, :]]  # (H, W, Kh, Kw, heads)
+        logits = logits + bias.flatten(2, 3).to(logits.dtype)
+    attn = logits.softmax(dim=3)
+    out = (attn[..., None] * vg).sum(3)  # (B, H, W, heads, d_v)
+    return out, attn.permute(0, 4, 1, 2, 3), keys_r, keys_c
