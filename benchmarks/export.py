@@ -26,10 +26,11 @@ interrupted run continues where it stopped. The ``.onnx`` files are deleted afte
 (``--keep`` keeps them). Two processes can share the work (one core each): the second is started
 with ``--reverse`` (largest model first) and the same ``--out`` and ``--workdir``; each takes a
 model by creating ``WORKDIR/NAME.claim`` and re-reads the table (under a file lock) before each
-model and before writing its row. Usage::
+model and before writing its row. ``--jobs N`` runs N such workers in one process (threads, each
+running one export process at a time). Usage::
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/export.py [--models 'dinat_*' ...] [--mixernet]
-        [--threads 1] [--repeats 3] [--timeout 3600] [--out benchmarks/results/export] [--reverse]
+        [--threads 1] [--jobs 1] [--repeats 3] [--timeout 3600] [--out benchmarks/results/export] [--reverse]
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -229,6 +231,8 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", help="folder of the .onnx files (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the .onnx files")
     p.add_argument("--md-only", action="store_true", help="rewrite OUT.md from OUT.csv (keeping its command) and stop")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="models exported at once (each a process with --threads threads; e.g. cores / threads)")
     p.add_argument("--reverse", action="store_true",
                    help="largest model first (a second process with --reverse shares the work with a first one)")
     p.add_argument("--no-family-shortcut", action="store_true",
@@ -259,20 +263,22 @@ def main(argv=None) -> int:
                     f"tool defaults otherwise (atol 1e-4)",
     }
 
-    def pending():
+    def pending(rows):
         have = {r["model"] for r in rows}
         return [n for n in names if n not in have]
 
     if args.md_only:
         command = rows and read_command(md_path) or command
-        write_md(md_path, rows, pending(), command, header)
+        write_md(md_path, rows, pending(rows), command, header)
         return 0
-    write_md(md_path, rows, pending(), command, header)
+    write_md(md_path, rows, pending(rows), command, header)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     from visionattn.tools.benchmark import family_of
 
     def family(n):
         f = family_of(n)
+        if n.startswith("vitrpb"):
+            return "ViT-rpb"  # listed with NAT-iso (the same plain body) but no NA mixer: its own size logic
         return n if f == "timm" else f
 
     # A family whose smallest model could not get a dynamic height/width (an op's shape logic is
@@ -282,15 +288,21 @@ def main(argv=None) -> int:
     for r in rows:
         if "height" not in r.get("dynamic", "") and r.get("exporter"):
             fixed_hw.setdefault(family(r["model"]), r["model"])
-    for name in names:
-        # Rows another process (a --reverse run on the same OUT and --workdir) added since.
-        with _locked(csv_path):
-            rows = read_rows(csv_path)
-        for r in rows:
-            if "height" not in r.get("dynamic", "") and r.get("exporter"):
-                fixed_hw.setdefault(family(r["model"]), r["model"])
-        if name in {r["model"] for r in rows} or not _claim(workdir, name):
-            continue
+    def worker():
+        """Export the models in order, each one not yet in the table and not claimed by another
+        worker (a thread of this run or another process on the same ``--out`` and ``--workdir``)."""
+        for name in names:
+            # Rows that other workers added since.
+            with _locked(csv_path):
+                rows = read_rows(csv_path)
+            for r in rows:
+                if "height" not in r.get("dynamic", "") and r.get("exporter"):
+                    fixed_hw.setdefault(family(r["model"]), r["model"])
+            if name in {r["model"] for r in rows} or not _claim(workdir, name):
+                continue
+            run_one(name)
+
+    def run_one(name):
         onnx_path = workdir / f"{name}.onnx"
         cmd = [sys.executable, "-m", "visionattn.tools.export", "--model", name, "--output", str(onnx_path),
                "--threads", str(args.threads), "--repeats", str(args.repeats)]
@@ -318,14 +330,21 @@ def main(argv=None) -> int:
         with _locked(csv_path):
             rows = [r for r in read_rows(csv_path) if r["model"] != name] + [row]
             write_rows(csv_path, rows)
-            write_md(md_path, rows, pending(), command, header)
+            write_md(md_path, rows, pending(rows), command, header)
         (workdir / f"{name}.claim").unlink(missing_ok=True)
-        print(f"    {row['status']} in {time.perf_counter() - t0:.0f} s: "
+        print(f"    {name}: {row['status']} in {time.perf_counter() - t0:.0f} s: "
               + ", ".join(f"{k} {row.get(k)}" for k in ("exporter", "dynamic", "diff_export", "diff_odd", "ort_ms", "eager_ms")),
               flush=True)
         if not args.keep:
             for f in workdir.glob(f"{name}.onnx*"):
                 f.unlink()
+
+    threads = [threading.Thread(target=worker, name=f"worker{i}") for i in range(max(1, args.jobs))]
+    for t in threads:
+        t.start()
+        time.sleep(1)  # stagger the claims
+    for t in threads:
+        t.join()
     if not args.workdir and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

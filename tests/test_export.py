@@ -242,8 +242,9 @@ def test_odd_check_size_divisible_by_no_window():
 
 # Smallest model of every family, one block per stage (each family's own mixers, stems, heads,
 # downsamplers), exported at a size no window, region or stripe divides. ``--dynamic batch``: the
-# attempt at a dynamic height/width (which these graphs do not allow, see
-# benchmarks/results/export.md) costs a second trace; the quick tests cover both outcomes of it.
+# attempt at a dynamic height/width (which most of these graphs do not allow, see
+# benchmarks/results/export.md) costs a second trace; the quick tests cover both outcomes of it,
+# and the neighborhood-attention families' dynamic height/width has its own test below.
 FAMILIES = {
     "nat_mini": ["depths=[1,1,1,1]"],
     "dinat_mini": ["depths=[1,1,1,1]", "dilations=[[2],[2],[1],[1]]"],
@@ -285,6 +286,29 @@ def test_family_exports_with_standard_ops_and_matches_eager(name, tmp_path, caps
     model = _eager(name, items, img_size=size)
     for b in (1, 3):
         assert _compare(sess, model, b, *size) < 1e-4, b
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["nat_mini", "dinat_mini", "dinat_s_tiny", "nat_isotropic_small"])
+def test_neighborhood_families_export_with_dynamic_hw(name, tmp_path, capsys):
+    """Every family built on neighborhood attention (hierarchical NAT/DiNAT, DiNAT-s with Swin's
+    patch merging, isotropic NAT) exports with a dynamic height/width: one graph equals eager at
+    the export size, at sizes no stride divides and where DiNA's ``K * d`` exceeds a stage's map
+    (padded)."""
+    items = FAMILIES[name]
+    out = tmp_path / f"{name}.onnx"
+    # 160: its odd check size (142x118) stays above the range minimum torch may need (65 for
+    # DiNAT-s, whose last map must not be 1x1)
+    rc = export_tool.cli(["--model", name, "--model-kwargs", *items, "--img-size", "160", "--dynamic", "hw",
+                          "--output", str(out), "--repeats", "0"])
+    assert rc == 0, capsys.readouterr()
+    rep = json.loads(out.with_suffix(".json").read_text())
+    assert rep["dynamic_axes"] == ["batch", "height", "width"] and rep["custom_ops"] == [] and rep["ok"]
+    sess = _session(out)
+    model = _eager(name, items, img_size=160)
+    (hlo, _), (wlo, _) = rep["hw_range"]
+    for b, h, w in ((1, 160, 160), (2, max(hlo, 70), max(wlo, 90)), (1, 161, max(wlo, 75))):
+        assert _compare(sess, model, b, h, w) < 1e-4, (b, h, w)
 
 
 @pytest.mark.slow
