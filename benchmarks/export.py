@@ -277,6 +277,8 @@ def main(argv=None) -> int:
 
     def family(n):
         f = family_of(n)
+        if "mixernet" in n:
+            return n  # a MixerNet preset is its own family (maxvit_mixernet_tiny is not MaxViT's body)
         if n.startswith("vitrpb"):
             return "ViT-rpb"  # listed with NAT-iso (the same plain body) but no NA mixer: its own size logic
         return n if f == "timm" else f
