@@ -286,10 +286,9 @@ def main(argv=None) -> int:
     # A family whose smallest model could not get a dynamic height/width (an op's shape logic is
     # specialised to the export size) exports the rest with --dynamic batch: the same result
     # without tracing each large model a second time.
+    # Filled from the table before each model (rows other workers added count too).
     fixed_hw: Dict[str, str] = {}
-    for r in rows:
-        if "height" not in r.get("dynamic", "") and r.get("exporter"):
-            fixed_hw.setdefault(family(r["model"]), r["model"])
+
     def worker():
         """Export the models in order, each one not yet in the table and not claimed by another
         worker (a thread of this run or another process on the same ``--out`` and ``--workdir``)."""

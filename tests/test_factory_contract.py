@@ -18,6 +18,7 @@ import pytest
 import timm
 import torch
 
+import _zoo
 import visionattn
 
 # the smallest model of each family and a tiny config of it for real (CPU) tensors
@@ -40,19 +41,7 @@ def _input_size(model):
     return model.pretrained_cfg["input_size"]
 
 
-def _smallest_per_family():
-    """The smallest model (meta-device parameter count) of each model module."""
-    best = {}
-    for n in visionattn.list_models():
-        with torch.device("meta"):
-            size = sum(p.numel() for p in timm.create_model(n).parameters())
-        fam = timm.models._registry._model_to_module[n]
-        if fam not in best or size < best[fam][0]:
-            best[fam] = (size, n)
-    return {n for _, n in best.values()}
-
-
-_QUICK_FACTORY = _smallest_per_family()
+_QUICK_FACTORY = set(_zoo.smallest_per_family().values())  # tests/_zoo.py
 
 
 # The smallest model of each family in the quick set, the rest in the slow set (CI runs both): the

@@ -14,6 +14,7 @@ import pytest
 import timm
 import torch
 
+import _zoo
 import visionattn
 from visionattn.models._backbone import PlainBackbone
 
@@ -23,31 +24,17 @@ MODELS = visionattn.list_models()
 REAL_MAX_PARAMS = 60e6
 
 
-def _family(name):
-    return timm.models._registry._model_to_module[name]
-
-
 def _plain(m):
     """A plain (isotropic) model, shaped like timm's VisionTransformer."""
     return isinstance(m, PlainBackbone)
 
 
-def _meta_params(name, **kw):
-    with torch.device("meta"):
-        m = timm.create_model(name, **kw)
-    return m, sum(p.numel() for p in m.parameters())
-
-
-# Every model built once on the meta device (1000 classes, as the official tables count): its
-# parameter count orders the quick/slow split and is the count test_parameter_count_matches_official
-# checks; the read-only cfg test reuses the module.
-_META = {n: _meta_params(n, num_classes=1000) for n in MODELS}
+# Every model built once per session on the meta device (tests/_zoo.py, shared with
+# test_factory_contract.py): its parameter count orders the quick/slow split and is the count
+# test_parameter_count_matches_official checks; the read-only cfg test reuses the module.
+_META = _zoo.meta_models()
 _SIZES = {n: size for n, (_, size) in _META.items()}
-SMALLEST = {}
-for n in MODELS:
-    f = _family(n)
-    if f not in SMALLEST or _SIZES[n] < _SIZES[SMALLEST[f]]:
-        SMALLEST[f] = n
+SMALLEST = _zoo.smallest_per_family()
 REAL_FAST_MAX_PARAMS = 15e6  # (23e6 before VAN, InLine and CrossFormer joined; keeps the quick set within 15 min)
 # Meta-device (shape-only) checks: every model; the quick set keeps those up to 15M parameters and
 # the smallest of each family, the rest run in the slow set (CI runs both). A meta forward still

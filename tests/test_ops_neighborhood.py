@@ -332,3 +332,22 @@ def test_layer_exported_with_dynamic_hw_matches_eager_padding_included(K, d, qkv
         x = torch.randn(B, H, W, 16)
         with torch.no_grad():
             torch.testing.assert_close(graph(x), layer(x), rtol=1e-5, atol=1e-5, msg=lambda m: f"{(B, H, W)}: {m}")
+
+
+def test_na2d_exported_with_dynamic_hw_matches_reference():
+    """:func:`na2d` called directly under ``torch.export`` with a symbolic height/width (maps of at
+    least ``K * d``) takes the gather path: one graph equals the dense reference at every size."""
+    from torch.export import Dim
+
+    class Op(torch.nn.Module):
+        def forward(self, q, k, v, rpb):
+            return na2d(q, k, v, 5, 2, rpb)
+
+    torch.manual_seed(0)
+    rpb = torch.randn(2, 9, 9)
+    q, k, v = (torch.randn(2, 12, 14, 2, 8) for _ in range(3))
+    hw = {0: Dim("b", max=4), 1: Dim("h", min=10, max=256), 2: Dim("w", min=10, max=256)}
+    ep = torch.export.export(Op(), (q, k, v, rpb), dynamic_shapes=(hw, hw, hw, None), strict=False)
+    for B, H, W in ((1, 10, 10), (2, 17, 11), (1, 23, 31)):
+        q, k, v = (torch.randn(B, H, W, 2, 8) for _ in range(3))
+        torch.testing.assert_close(ep.module()(q, k, v, rpb), na2d_reference(q, k, v, 5, 2, rpb), rtol=1e-5, atol=1e-5)
